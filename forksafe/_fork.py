@@ -1,0 +1,230 @@
+"""The fork hooks: what runs in the parent before a fork and in the child after it.
+
+``install()`` registers :func:`prepare_fork` and :func:`after_fork_in_child`
+with :func:`os.register_at_fork`, so they run around every ``os.fork()``:
+``multiprocessing``'s ``fork`` start method, the forkserver's own forks,
+gunicorn's arbiter, Celery's billiard, RQ's work horse. They do *not* run for
+``subprocess`` (nothing is inherited there) nor for servers that fork in C,
+such as uWSGI: those call the two public functions from their own hooks
+(``forksafe.uwsgi``, ``forksafe.gunicorn``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from forksafe import _drivers, _registry
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+logger = logging.getLogger("forksafe")
+
+__all__ = ["ForkSafeWarning", "after_fork_in_child", "install", "prepare_fork"]
+
+
+class ForkSafeWarning(RuntimeWarning):
+    """Something forksafe could not make safe by itself; the message says what to do."""
+
+
+@dataclass
+class _Options:
+    close_before_fork: bool = True
+
+
+_options = _Options()
+_hooks_registered = False
+# The pid whose connections are all its own: set at import and after each reset.
+# ``after_fork_in_child()`` in this pid is a no-op.
+_reset_pid = os.getpid()
+
+
+def install(*, close_before_fork: bool = True) -> None:
+    """Make every ``os.fork()`` of this process safe for Django connections.
+
+    Registers hooks with :func:`os.register_at_fork` (once per process; later
+    calls only change the options) and starts tracking every connection that
+    Django opens, in every thread. Safe to call before ``django.setup()`` --
+    the top of ``manage.py``, ``wsgi.py`` or the settings module is the best
+    place, before anything connects.
+
+    ``close_before_fork``: before a fork, close the forking thread's idle
+    connections (never one inside ``transaction.atomic()``, never an in-memory
+    SQLite database). The child has less to detach and the parent reconnects
+    on its next query. Turn it off to keep the parent's connections open; the
+    child is safe either way.
+    """
+    global _hooks_registered
+    if not isinstance(close_before_fork, bool):
+        raise TypeError(
+            f"install(close_before_fork=...) takes True or False, not {close_before_fork!r}"
+        )
+    _options.close_before_fork = close_before_fork
+    _registry.start_tracking()
+    if not _hooks_registered:
+        os.register_at_fork(before=_before_fork_hook, after_in_child=_after_fork_hook)
+        _hooks_registered = True
+
+
+def prepare_fork() -> None:
+    """The pre-fork cleanup: close the calling thread's idle connections.
+
+    Runs in the parent, in the thread that is about to fork. Other threads'
+    connections are left alone (closing them from here is what Django forbids,
+    and they may be in use); the child detaches them. A connection inside
+    ``transaction.atomic()`` (or with autocommit off) stays open and a
+    :class:`ForkSafeWarning` says so: the parent's transaction goes on, and
+    the child will not touch it. Does nothing when ``install()`` was called
+    with ``close_before_fork=False``. Calling it repeatedly is harmless.
+    """
+    if not _options.close_before_fork:
+        return
+    pid, me = os.getpid(), threading.get_ident()
+    for entry in _registry.entries():
+        wrapper = entry.wrapper
+        if wrapper is None or entry.pid != pid or entry.thread_id != me:
+            continue
+        if wrapper.connection is None or _is_in_memory_sqlite(wrapper):
+            continue
+        if wrapper.in_atomic_block or not wrapper.autocommit:
+            warnings.warn(
+                f"forksafe: connection {wrapper.alias!r} is inside a transaction at"
+                " fork time; it stays open in the parent and the child will not use"
+                " it. Fork outside transaction.atomic() to get rid of this warning.",
+                ForkSafeWarning,
+                stacklevel=2,
+            )
+            continue
+        if wrapper.allow_thread_sharing:
+            continue  # another thread may be using it right now
+        try:
+            wrapper.close()
+        except Exception:
+            logger.warning(
+                "forksafe: closing connection %r before fork failed", wrapper.alias, exc_info=True
+            )
+
+
+def after_fork_in_child() -> None:
+    """The child-side reset: drop every inherited connection without network I/O.
+
+    Runs in the child, in its only thread. For every connection opened by the
+    parent -- in any thread, for any alias -- the socket is pointed at
+    ``/dev/null`` so that nothing can ever say goodbye to the parent's server
+    session, and the wrapper forgets it: the next ORM call in the child
+    connects afresh and gets a session of its own. Django's native pools
+    (``OPTIONS={"pool": ...}``) are dropped the same way; the child builds its
+    own on first use.
+
+    A wrapper that was inside ``transaction.atomic()`` at fork time is left the
+    way Django leaves a connection closed inside a transaction: queries in the
+    rest of the block raise ``ProgrammingError("Cannot open a new connection in
+    an atomic block.")``, leaving the block is clean, and the parent's
+    ``on_commit`` callbacks never run in the child.
+
+    In a process that did not fork since the last reset, it does nothing, so
+    calling it from several hooks is harmless. It never raises: what cannot be
+    detached is kept unused until the child exits, and logged.
+    """
+    _reset_child(clean_transactions=False)
+
+
+def _reset_child(*, clean_transactions: bool) -> None:
+    """``after_fork_in_child``; ``clean_transactions`` for pool workers.
+
+    A worker of a process pool runs tasks outside the parent's atomic block,
+    so it starts with no transaction state at all.
+    """
+    global _reset_pid
+    pid = os.getpid()
+    if pid == _reset_pid:
+        return
+    _reset_pid = pid
+    _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
+    me = threading.get_ident()
+    in_atomic: list[str] = []
+    for entry in list(_registry.inherited()):
+        wrapper = entry.wrapper
+        # In the child, the forking thread keeps its ident; all others are gone.
+        owned = entry.thread_id == me
+        try:
+            if wrapper is not None and owned and _is_in_memory_sqlite(wrapper):
+                # The database lives only inside this handle, and fork gave the
+                # child a private copy: keep it, as plain Django does.
+                _registry.register(wrapper)
+                continue
+            _drivers.neutralise(entry.raw, owned=owned)
+            if wrapper is not None:
+                if wrapper.connection is not None and wrapper.connection is not entry.raw:
+                    _drivers.neutralise(wrapper.connection, owned=owned)
+                if owned and wrapper.in_atomic_block and not clean_transactions:
+                    in_atomic.append(wrapper.alias)
+                _forget_connection(wrapper, clean=clean_transactions)
+        except Exception:
+            logger.warning(
+                "forksafe: resetting inherited connection %r (%s) failed; the wrapper"
+                " is discarded and its connection kept unused in this process",
+                entry.alias,
+                entry.driver,
+                exc_info=True,
+            )
+            _drivers.park(entry.raw)
+            if wrapper is not None:
+                wrapper.connection = None
+        finally:
+            _registry.forget(entry)
+    try:
+        _drivers.neutralise_native_pools()
+    except Exception:
+        logger.warning("forksafe: detaching Django's native pools failed", exc_info=True)
+    if in_atomic:
+        logger.info(
+            "forksafe: this process forked inside transaction.atomic() (%s); queries"
+            " in the rest of that block raise, leaving it is clean",
+            ", ".join(repr(a) for a in in_atomic),
+        )
+
+
+def _forget_connection(wrapper: BaseDatabaseWrapper, *, clean: bool) -> None:
+    """Make ``wrapper`` forget its (already neutralised) connection, without I/O."""
+    # The parent's on_commit callbacks belong to the parent's transaction.
+    wrapper.run_on_commit = []
+    wrapper.connection = None
+    if wrapper.in_atomic_block and not clean:
+        # What BaseDatabaseWrapper.close() does inside atomic: ensure_connection()
+        # then refuses to reconnect, Atomic.__exit__ cleans up.
+        wrapper.closed_in_transaction = True
+        wrapper.needs_rollback = True
+        return
+    # What BaseDatabaseWrapper.connect() resets, for wrappers that start afresh.
+    wrapper.in_atomic_block = False
+    wrapper.savepoint_ids = []
+    wrapper.atomic_blocks = []
+    wrapper.needs_rollback = False
+    wrapper.closed_in_transaction = False
+    wrapper.commit_on_exit = True
+    wrapper.savepoint_state = 0
+
+
+def _is_in_memory_sqlite(wrapper: BaseDatabaseWrapper) -> bool:
+    is_in_memory = getattr(wrapper, "is_in_memory_db", None)
+    return wrapper.vendor == "sqlite" and callable(is_in_memory) and bool(is_in_memory())
+
+
+def _before_fork_hook() -> None:
+    try:
+        prepare_fork()
+    except Exception:
+        logger.warning("forksafe: the pre-fork cleanup failed", exc_info=True)
+
+
+def _after_fork_hook() -> None:
+    try:
+        _reset_child(clean_transactions=False)
+    except Exception:
+        logger.warning("forksafe: the after-fork reset failed", exc_info=True)

@@ -1,0 +1,161 @@
+"""Every Django ``DatabaseWrapper`` that holds a connection, in every thread.
+
+Django keeps one wrapper per alias *per thread* in a ``threading.local``
+(``connections._connections``), so from one thread there is no way to see the
+others' wrappers -- and in a forked child the other threads' ``threading.local``
+data is dropped by CPython, leaving their wrappers to the child's cyclic GC.
+This registry sees them all:
+
+* it listens to Django's ``connection_created`` signal, which every backend
+  sends at the end of ``connect()``, in the connecting thread;
+* when tracking starts late (``install()`` after connections were opened), it
+  finds the existing wrappers once with :func:`gc.get_objects`.
+
+Each entry keeps a weak reference to the wrapper (the registry never keeps a
+wrapper alive), the pid of the process that opened the connection, the thread
+that owns the wrapper, and a *strong* reference to the raw DB-API connection.
+The strong reference is what makes the child safe even when the GC gets to an
+inherited wrapper before any hook ran (uWSGI forks in C and runs Python hooks
+later): the weakref callback then sees a foreign pid and points the socket at
+``/dev/null`` before letting the raw connection go. mysqlclient is the driver
+that needs this: its deallocation sends ``COM_QUIT`` without checking the pid.
+
+No lock is used: every mutation is a single ``dict`` operation, atomic under
+the GIL, so a fork can never leave the child waiting for a lock that a thread
+of the parent held.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from forksafe import _drivers
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+__all__ = ["UNKNOWN_PID", "Entry", "entries", "forget", "inherited", "register", "start_tracking"]
+
+
+@dataclass(eq=False)
+class Entry:
+    """What the registry knows about one connected wrapper."""
+
+    wrapper_ref: weakref.ref[BaseDatabaseWrapper]
+    alias: str
+    raw: Any
+    pid: int
+    thread_id: int
+    vendor: str
+    driver: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.driver = _drivers.driver_of(self.raw)
+
+    @property
+    def wrapper(self) -> BaseDatabaseWrapper | None:
+        return self.wrapper_ref()
+
+
+_entries: dict[int, Entry] = {}
+_tracking = False
+
+
+def _on_wrapper_collected(key: int) -> None:
+    entry = _entries.pop(key, None)
+    if entry is not None and entry.pid != os.getpid():
+        # Collected in a child before the reset ran: detach before the raw
+        # connection's own deallocation can say goodbye on the shared socket.
+        _drivers.neutralise(entry.raw, owned=False)
+
+
+def _collected_callback(key: int) -> Callable[[weakref.ref[BaseDatabaseWrapper]], None]:
+    def callback(_ref: weakref.ref[BaseDatabaseWrapper]) -> None:
+        _on_wrapper_collected(key)
+
+    return callback
+
+
+def register(wrapper: BaseDatabaseWrapper, *, pid: int | None = None) -> None:
+    """Record that ``wrapper`` holds a (new) connection, opened by ``pid``.
+
+    ``pid`` defaults to this process.
+    """
+    raw = wrapper.connection
+    if raw is None:
+        return
+    key = id(wrapper)
+    old = _entries.get(key)
+    if old is not None and old.wrapper is wrapper:
+        ref = old.wrapper_ref
+    else:
+        ref = weakref.ref(wrapper, _collected_callback(key))
+    _entries[key] = Entry(
+        wrapper_ref=ref,
+        alias=wrapper.alias,
+        raw=raw,
+        pid=os.getpid() if pid is None else pid,
+        # Set by BaseDatabaseWrapper.__init__: the thread that owns the wrapper.
+        thread_id=getattr(wrapper, "_thread_ident", 0),
+        vendor=wrapper.vendor,
+    )
+
+
+def forget(entry: Entry) -> None:
+    """Drop ``entry`` (only if it is still the current one for its wrapper)."""
+    wrapper = entry.wrapper
+    key = id(wrapper) if wrapper is not None else None
+    if key is not None and _entries.get(key) is entry:
+        del _entries[key]
+    else:
+        for k, e in list(_entries.items()):
+            if e is entry:
+                _entries.pop(k, None)
+
+
+def _on_connection_created(
+    sender: object, connection: BaseDatabaseWrapper, **kwargs: object
+) -> None:
+    register(connection)
+
+
+UNKNOWN_PID = -1
+"""The pid recorded for connections found after a fork by a late start of tracking."""
+
+
+def start_tracking(*, existing_pid: int | None = None) -> None:
+    """Connect the signal receiver and pick up wrappers connected before. Idempotent.
+
+    ``existing_pid`` is the pid recorded for the wrappers found already
+    connected; :data:`UNKNOWN_PID` marks them as inherited (a child that starts
+    tracking only after the fork cannot know who opened them).
+    """
+    global _tracking
+    if _tracking:
+        return
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_on_connection_created, weak=False, dispatch_uid="forksafe.registry")
+    _tracking = True
+    base = sys.modules.get("django.db.backends.base.base")
+    if base is not None:
+        for obj in gc.get_objects():
+            if isinstance(obj, base.BaseDatabaseWrapper) and obj.connection is not None:
+                register(obj, pid=existing_pid)
+
+
+def entries() -> list[Entry]:
+    """A snapshot of every entry, whatever process opened it."""
+    return list(_entries.values())
+
+
+def inherited() -> Iterator[Entry]:
+    """Entries whose connection was opened by another (parent) process."""
+    pid = os.getpid()
+    return (e for e in entries() if e.pid != pid)

@@ -1,0 +1,404 @@
+"""Real fork scenarios, measured in a fresh interpreter: used by ``forksafe demo`` and the tests.
+
+Each scenario runs in its own ``python -m forksafe._scenarios`` process so that
+the child can exit the way real programs do (``sys.exit`` with interpreter
+finalization, an uncaught exception, SIGKILL...) and so that "plain Django"
+really is plain: forksafe is not even imported in that mode.
+
+The scenario process prints one JSON object on its last stdout line; see
+:class:`Result`. Nothing here is simulated: backend ids come from the server
+(``pg_backend_pid()``, ``CONNECTION_ID()``), session counts from
+``pg_stat_activity`` / ``information_schema.PROCESSLIST``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["EXIT_PATHS", "SCENARIOS", "Result", "configure_django", "run"]
+
+EXIT_PATHS = ("os_exit", "sys_exit", "exception", "sigkill", "close_all", "orm")
+SCENARIOS = ("fork", "fork_thread", "fork_pool")
+
+
+@dataclass
+class Result:
+    """What one scenario run measured."""
+
+    scenario: str
+    mode: str
+    vendor: str = ""
+    driver: str = ""
+    parent_error: str | None = None
+    parent_same_session: bool | None = None
+    child_own_session: bool | None = None
+    child_error: str | None = None
+    thread_same_session: bool | None = None
+    pool_lost: int | None = None
+    sessions_before: int | None = None
+    sessions_after: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sessions_left(self) -> int | None:
+        if self.sessions_before is None or self.sessions_after is None:
+            return None
+        return self.sessions_after - self.sessions_before
+
+
+# --- Django set-up from a URL ------------------------------------------------------------
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``postgresql+psycopg2://...`` -> (``postgresql://...``, ``psycopg2``).
+
+    Without ``+driver``: PostgreSQL uses psycopg 3 when installed (as Django
+    does), MySQL/MariaDB mysqlclient, SQLite sqlite3.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(
+            f"not a database URL: {url!r}; expected e.g. postgresql://user@host/db,"
+            " mysql://root@127.0.0.1/test or sqlite:////tmp/db.sqlite3"
+        )
+    base, _, driver = scheme.partition("+")
+    base = {"postgres": "postgresql", "pgsql": "postgresql", "mariadb": "mysql"}.get(base, base)
+    defaults = {"postgresql": "psycopg", "mysql": "mysqlclient", "sqlite": "sqlite3"}
+    if base not in defaults:
+        raise ValueError(
+            f"unsupported database URL scheme {scheme!r}: use postgresql://, mysql://"
+            " (or mariadb://) or sqlite://, optionally with +psycopg2 or +pymysql"
+        )
+    drivers = {
+        "postgresql": ("psycopg", "psycopg2"),
+        "mysql": ("mysqlclient", "pymysql"),
+        "sqlite": ("sqlite3",),
+    }[base]
+    driver = driver or defaults[base]
+    if driver not in drivers:
+        raise ValueError(
+            f"unknown driver {driver!r} for {base}://; choose one of: {', '.join(drivers)}"
+        )
+    return f"{base}://{rest}", driver
+
+
+def select_driver(driver: str) -> None:
+    """Make Django's backend use ``driver``; call before Django imports its backend."""
+    if driver == "psycopg2":
+        # Django prefers psycopg 3 when it can import it.
+        sys.modules["psycopg"] = None  # type: ignore[assignment]
+    elif driver == "pymysql":
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
+
+
+def database_settings(url: str, **options: Any) -> dict[str, Any]:
+    """A ``DATABASES`` entry for ``url`` (driver suffix removed)."""
+    try:
+        import dj_database_url
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "database URLs need dj-database-url: pip install 'forksafe[demo]'"
+        ) from exc
+    plain, _ = split_url(url)
+    config: dict[str, Any] = dict(dj_database_url.parse(plain))
+    config.update(options)
+    return config
+
+
+def configure_django(url: str, *, pool: bool = False) -> str:
+    """``settings.configure()`` for one database at ``url``; returns the driver."""
+    from django.conf import settings
+
+    _, driver = split_url(url)
+    select_driver(driver)
+    db = database_settings(url)
+    if pool:
+        db.setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 4}
+    settings.configure(
+        DATABASES={"default": db},
+        INSTALLED_APPS=["django.contrib.contenttypes"],
+        USE_TZ=True,
+    )
+    return driver
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+
+def backend_id(alias: str = "default") -> int:
+    """The server-side id of ``alias``'s session in this thread (SQLite: the handle's id)."""
+    from django.db import connections
+
+    conn = connections[alias]
+    with conn.cursor() as cursor:
+        if conn.vendor == "postgresql":
+            cursor.execute("SELECT pg_backend_pid()")
+        elif conn.vendor == "mysql":
+            cursor.execute("SELECT CONNECTION_ID()")
+        else:
+            cursor.execute("SELECT 1")
+            return id(conn.connection)
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def count_sessions(url: str) -> int | None:
+    """Client sessions on the server for the database at ``url`` (None for SQLite).
+
+    Uses a connection of its own, opened and closed here, and leaves it out of
+    the count.
+    """
+    from django.db import connections
+
+    conn = connections.create_connection("default")
+    try:
+        if conn.vendor == "sqlite":
+            return None
+        with conn.cursor() as cursor:
+            if conn.vendor == "postgresql":
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+            else:
+                cursor.execute(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+                    " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+                )
+            row = cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+    finally:
+        conn.close()
+
+
+def settle_sessions(url: str, expected: int | None, timeout: float = 3.0) -> int | None:
+    """Count sessions until the count reaches ``expected`` or ``timeout`` passes.
+
+    A session whose client vanished (SIGKILL, ``os._exit``) ends when the
+    server reads EOF on its socket, a moment later.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        n = count_sessions(url)
+        if n is None or n == expected or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
+
+
+# --- the child ----------------------------------------------------------------------------
+
+
+def _child(exit_path: str, parent_backend: int, report_fd: int) -> None:
+    """Runs in the forked child. Never returns normally."""
+    from django.db import connections
+
+    report: dict[str, Any] = {}
+    try:
+        if exit_path in ("orm", "sys_exit", "exception"):
+            child_backend = backend_id()
+            report["child_own_session"] = child_backend != parent_backend
+        if exit_path == "close_all":
+            connections.close_all()
+        if exit_path == "close_pool":
+            connections["default"].close_pool()  # type: ignore[attr-defined]
+    except Exception as exc:
+        report["child_error"] = f"{type(exc).__name__}: {exc}"
+    os.write(report_fd, json.dumps(report).encode())
+    os.close(report_fd)
+    if exit_path == "os_exit":
+        os._exit(0)
+    if exit_path == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if exit_path == "exception":
+        raise RuntimeError("the child fails on purpose (uncaught exception)")
+    # orm, close_all, close_pool, sys_exit: exit with interpreter finalization.
+    sys.exit(0)
+
+
+def _fork_and_wait(exit_path: str, parent_backend: int, result: Result) -> None:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _child(exit_path, parent_backend, write_fd)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    report = json.loads(b"".join(chunks) or b"{}")
+    result.child_own_session = report.get("child_own_session")
+    result.child_error = report.get("child_error")
+
+
+def _parent_check(parent_backend: int, result: Result) -> None:
+    try:
+        result.parent_same_session = backend_id() == parent_backend
+    except Exception as exc:
+        result.parent_error = f"{type(exc).__name__}: {exc}"
+        result.parent_same_session = False
+
+
+# --- scenarios -----------------------------------------------------------------------------
+
+
+def scenario_fork(url: str, exit_path: str, result: Result) -> None:
+    """The parent holds a connection; a child exits by ``exit_path``."""
+    parent_backend = backend_id()
+    result.sessions_before = count_sessions(url)
+    _fork_and_wait(exit_path, parent_backend, result)
+    _parent_check(parent_backend, result)
+    result.sessions_after = settle_sessions(url, result.sessions_before)
+
+
+def scenario_fork_thread(url: str, exit_path: str, result: Result) -> None:
+    """Another thread of the parent holds a connection during the fork."""
+    from django.db import connections
+
+    holding, forked, checked = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def other_thread() -> None:
+        try:
+            seen["before"] = backend_id()
+            holding.set()
+            forked.wait(30)
+            seen["after"] = backend_id()
+        except Exception as exc:
+            seen["error"] = f"{type(exc).__name__}: {exc}"
+            holding.set()
+        finally:
+            checked.set()
+            connections.close_all()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    holding.wait(30)
+    parent_backend = backend_id()
+    result.sessions_before = count_sessions(url)
+    _fork_and_wait(exit_path, parent_backend, result)
+    forked.set()
+    checked.wait(30)
+    thread.join(30)
+    _parent_check(parent_backend, result)
+    result.thread_same_session = "error" not in seen and seen.get("after") == seen.get("before")
+    if "error" in seen:
+        result.extra["thread_error"] = seen["error"]
+    expected = None if result.sessions_before is None else result.sessions_before - 1
+    result.sessions_after = settle_sessions(url, expected)
+    if result.sessions_after is not None:
+        result.sessions_after += 1  # the thread closed its own session on purpose
+
+
+def scenario_fork_pool(url: str, exit_path: str, result: Result) -> None:
+    """Django's native pool (PostgreSQL + psycopg 3, Django 5.1+)."""
+    from django.db import connection
+
+    parent_backend = backend_id()
+    pool = connection.pool  # type: ignore[attr-defined]
+    pool.wait(timeout=10)  # min_size idle connections are open
+    _fork_and_wait(exit_path, parent_backend, result)
+    _parent_check(parent_backend, result)
+    connection.close()  # back to the pool
+    before = pool.get_stats().get("connections_lost", 0)
+    pool.check()
+    result.pool_lost = pool.get_stats().get("connections_lost", 0) - before
+    # The pool opens and retires sessions on its own schedule: counting them
+    # says nothing here. ``pool_lost`` is the measure.
+    result.sessions_before = None
+
+
+_SCENARIO_FUNCS = {
+    "fork": scenario_fork,
+    "fork_thread": scenario_fork_thread,
+    "fork_pool": scenario_fork_pool,
+}
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m forksafe._scenarios")
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("--database", required=True)
+    parser.add_argument(
+        "--exit", dest="exit_path", default="orm", choices=(*EXIT_PATHS, "close_pool")
+    )
+    parser.add_argument("--mode", choices=("plain", "forksafe"), default="forksafe")
+    parser.add_argument("--close-before-fork", action="store_true")
+    args = parser.parse_args(argv)
+
+    driver = configure_django(args.database, pool=args.scenario == "fork_pool")
+    if args.mode == "forksafe":
+        import forksafe
+
+        forksafe.install(close_before_fork=args.close_before_fork)
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    result = Result(scenario=args.scenario, mode=args.mode, vendor=connection.vendor, driver=driver)
+    _SCENARIO_FUNCS[args.scenario](args.database, args.exit_path, result)
+    data = asdict(result)
+    data["sessions_left"] = result.sessions_left
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def run(
+    scenario: str,
+    database: str,
+    *,
+    exit_path: str = "orm",
+    mode: str = "forksafe",
+    close_before_fork: bool = False,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Run one scenario in a fresh interpreter and return what it measured.
+
+    Raises ``RuntimeError`` with the process's stderr when it printed no result.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "forksafe._scenarios",
+        scenario,
+        "--database",
+        database,
+        "--exit",
+        exit_path,
+        "--mode",
+        mode,
+    ]
+    if close_before_fork:
+        cmd.append("--close-before-fork")
+    env = dict(os.environ)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"scenario {scenario} ({mode}, exit={exit_path}) failed with code"
+            f" {proc.returncode}:\n{proc.stderr[-4000:]}"
+        )
+    data: dict[str, Any] = json.loads(lines[-1])
+    data["stderr"] = proc.stderr
+    return data
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,56 @@
+"""Test matrix: Python x Django, each against every driver (one pytest run per settings module).
+
+``nox -t ci`` is what ``python3 dev.py test`` and CI run; plain ``nox`` runs the whole matrix.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+DRIVERS = ("sqlite3", "psycopg", "psycopg2", "mysqlclient", "pymysql")
+MATRIX = [
+    # (python, django, in CI)
+    ("3.11", "4.2", False),
+    ("3.11", "5.2", True),
+    ("3.12", "5.2", False),
+    ("3.13", "6.1", True),
+]
+DJANGO_SPECS = {"4.2": "Django~=4.2.0", "5.2": "Django~=5.2.0", "6.1": "Django~=6.1.0"}
+
+
+@nox.session(python="3.11", tags=["ci"])
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format) and mypy --strict."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+def _tests(session: nox.Session, django: str) -> None:
+    session.install("-e", ".[test]", DJANGO_SPECS[django])
+    drivers = session.posargs or DRIVERS
+    for driver in drivers:
+        session.run(
+            "python",
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            env={"DJANGO_SETTINGS_MODULE": f"tests.settings.{driver}"},
+        )
+
+
+for _python, _django, _ci in MATRIX:
+
+    def _session(session: nox.Session, django: str = _django) -> None:
+        _tests(session, django)
+
+    nox.session(
+        python=_python,
+        name=f"tests-{_python}-django{_django}",
+        tags=["ci", "tests"] if _ci else ["tests"],
+    )(_session)

@@ -1,0 +1,118 @@
+"""Test set-up: one database driver per run, chosen by ``DJANGO_SETTINGS_MODULE``.
+
+``tests.settings.sqlite3`` is the default (no server needed). A run against a
+server whose server is not answering skips its tests with the reason -- except
+when ``CI=true``, where a missing server fails the run: CI must never go green
+without having talked to PostgreSQL and MariaDB.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings.sqlite3")
+
+_server_problem: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _server_problem
+    import django
+
+    import forksafe
+
+    # Before django.setup(), as the README tells users to.
+    forksafe.install()
+    django.setup()
+
+    from django.conf import settings
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        return
+    try:
+        connection.ensure_connection()
+    except Exception as exc:
+        _server_problem = (
+            f"{settings.FORKSAFE_TEST_DRIVER}: no database server at"
+            f" {settings.FORKSAFE_TEST_URL} ({type(exc).__name__}: {exc})"
+        )
+        if os.environ.get("CI") == "true":
+            raise pytest.UsageError(
+                f"CI=true and the database server is missing: {_server_problem}."
+                " Start it (see .ci/run) instead of skipping these tests."
+            ) from exc
+    finally:
+        connection.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from django.conf import settings
+
+    return f"forksafe test database: {settings.FORKSAFE_TEST_URL}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _server_problem is None:
+        return
+    skip = pytest.mark.skip(reason=_server_problem)
+    for item in items:
+        if "nodb" not in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup() -> Iterator[None]:
+    """Create the test app's table once per run, drop it at the end."""
+    from django.db import connection
+
+    from tests.testapp.models import Item
+
+    with connection.schema_editor() as editor:
+        if Item._meta.db_table in connection.introspection.table_names():
+            editor.delete_model(Item)
+        editor.create_model(Item)
+    connection.close()
+    yield
+    with connection.schema_editor() as editor:
+        editor.delete_model(Item)
+    connection.close()
+
+
+@pytest.fixture
+def db(django_db_setup: None) -> Iterator[None]:
+    """Fresh table contents; every connection of this thread closed afterwards."""
+    from django.db import connections
+
+    from tests.testapp.models import Item
+
+    Item.objects.all().delete()
+    yield
+    connections.close_all()
+
+
+@pytest.fixture(scope="session")
+def db_url() -> str:
+    from django.conf import settings
+
+    url: str = settings.FORKSAFE_TEST_URL
+    return url
+
+
+@pytest.fixture(scope="session")
+def driver() -> str:
+    from django.conf import settings
+
+    name: str = settings.FORKSAFE_TEST_DRIVER
+    return name
+
+
+@pytest.fixture(scope="session")
+def vendor() -> str:
+    from django.db import connection
+
+    name: str = connection.vendor
+    return name
