@@ -22,7 +22,8 @@ driver         socket                     release (after the dup2)
 psycopg 3      ``conn.pgconn.socket``     ``pgconn.finish()`` (C, takes no Python lock)
 psycopg2       ``conn.fileno()``          ``close()``, only from the owning thread
 mysqlclient    ``conn.fileno()``          ``close()``, only from the owning thread
-PyMySQL        ``conn._sock.fileno()``    ``_force_close()`` (never sends COM_QUIT)
+PyMySQL        ``conn._sock.fileno()``    ``_force_close()`` (never sends COM_QUIT);
+                                          another thread's buffered reader is parked
 sqlite3        (file handles)             never: parked, see below
 =============  =========================  =============================================
 
@@ -105,6 +106,13 @@ def _release(raw: Any, driver: str, owned: bool) -> None:
         # back to the parent's pool. ``finish()`` is PQfinish, no Python lock.
         raw.pgconn.finish()
     elif driver == "pymysql":
+        if not owned:
+            # Another thread may have been reading at fork time: the buffered
+            # reader's lock is then held by a thread that does not exist here,
+            # and closing the reader (now, or when it is collected) would wait
+            # forever. Keep it, unclosed, for the life of the process.
+            park(raw._rfile)
+            raw._rfile = None
         raw._force_close()
     elif owned:
         raw.close()
