@@ -77,15 +77,27 @@ def main() -> int:
     for _ in range(args.rounds):
         for mode in MODES:
             out = subprocess.run(
-                [sys.executable, __file__, "--database", args.database, "--inner", mode,
-                 "--forks", str(args.forks)],
-                capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--database",
+                    args.database,
+                    "--inner",
+                    mode,
+                    "--forks",
+                    str(args.forks),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
             times = json.loads(out.strip().splitlines()[-1])
             samples[mode].extend(times)
             round_medians[mode].append(statistics.median(times))
-    print(f"fork + child exit, 4 aliases on {args.database.split('@')[-1]},"
-          f" {args.rounds} rounds x {args.forks} forks")
+    print(
+        f"fork + child exit, 4 aliases on {args.database.split('@')[-1]},"
+        f" {args.rounds} rounds x {args.forks} forks"
+    )
     base = statistics.median(round_medians["plain"])
     print(f"{'mode':<10} {'median/iteration':>17} {'ratio to plain':>15}")
     for mode in MODES:

@@ -5,19 +5,41 @@ The public surface is small on purpose; everything else lives in private modules
 * :func:`install` -- register the fork hooks and track every connection (call it early).
 * :func:`prepare_fork` / :func:`after_fork_in_child` -- the two halves of the
   hooks, for code that forks without Python's ``os.register_at_fork`` (uWSGI).
+* :func:`Pool`, :class:`Process`, :class:`ProcessPoolExecutor`, :func:`get_context` --
+  process pools whose workers get sessions of their own and close them when they exit,
+  under every start method, for ``multiprocessing`` and ``multiprocess``.
 * :class:`ForkSafeWarning` -- emitted when something is left as it is on purpose.
 """
 
 from __future__ import annotations
 
 from forksafe._fork import ForkSafeWarning, after_fork_in_child, install, prepare_fork
+from forksafe._registry import stats
+from forksafe.pools import Pool, Process, ProcessPoolExecutor, get_context
+from forksafe.threads import (
+    DbSafeThread,
+    DbSafeThreadPoolExecutor,
+    Thread,
+    ThreadPoolExecutor,
+    closing_connections,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DbSafeThread",
+    "DbSafeThreadPoolExecutor",
     "ForkSafeWarning",
+    "Pool",
+    "Process",
+    "ProcessPoolExecutor",
+    "Thread",
+    "ThreadPoolExecutor",
     "__version__",
     "after_fork_in_child",
+    "closing_connections",
+    "get_context",
     "install",
     "prepare_fork",
+    "stats",
 ]

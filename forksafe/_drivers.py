@@ -118,12 +118,14 @@ def _release(raw: Any, driver: str, owned: bool) -> None:
         raw.close()
 
 
-def neutralise(raw: Any, *, owned: bool) -> str:
+def neutralise(raw: Any, *, owned: bool, alias: str = "?") -> str:
     """Make ``raw`` harmless in this (forked) process without any network I/O.
 
     ``owned`` is true when the calling thread is the one that used ``raw`` in
     the parent (or nothing else can be inside it, like a pool's idle
     connection): only then are driver methods that take locks called.
+
+    ``alias`` only names the connection in log messages.
 
     Returns what was done, for logging and stats: ``"detached"``,
     ``"closed-already"`` or ``"parked"``. Never raises.
@@ -139,10 +141,11 @@ def neutralise(raw: Any, *, owned: bool) -> str:
         _point_at_devnull(fd)
     except Exception:
         logger.warning(
-            "forksafe: could not find the socket of an inherited %s connection;"
-            " it is kept open and unused in this process so it never says goodbye"
-            " to the server",
+            "forksafe: could not find the socket of the inherited %s connection of"
+            " alias %r; it is kept open and unused in this process so that it never"
+            " says goodbye to the server",
             driver,
+            alias,
             exc_info=True,
         )
         park(raw)
@@ -151,7 +154,12 @@ def neutralise(raw: Any, *, owned: bool) -> str:
         _release(raw, driver, owned)
     except Exception:
         # The socket already points at /dev/null: parking only saves memory.
-        logger.debug("forksafe: releasing a detached %s connection failed", driver, exc_info=True)
+        logger.debug(
+            "forksafe: releasing the detached %s connection of alias %r failed",
+            driver,
+            alias,
+            exc_info=True,
+        )
         park(raw)
     return "detached"
 
@@ -184,7 +192,7 @@ def neutralise_native_pools() -> int:
         try:
             idle = list(getattr(pool, "_pool", ()))
             for raw in idle:
-                neutralise(raw, owned=True)
+                neutralise(raw, owned=True, alias=alias)
                 count += 1
             pool._closed = True  # psycopg_pool's __del__ returns early when closed
         except Exception:

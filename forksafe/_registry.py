@@ -31,6 +31,7 @@ import gc
 import os
 import sys
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,18 @@ from forksafe import _drivers
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
-__all__ = ["UNKNOWN_PID", "Entry", "entries", "forget", "inherited", "register", "start_tracking"]
+__all__ = [
+    "UNKNOWN_PID",
+    "Entry",
+    "entries",
+    "forget",
+    "inherited",
+    "note_detached",
+    "register",
+    "start_counting_afresh",
+    "start_tracking",
+    "stats",
+]
 
 
 @dataclass(eq=False)
@@ -65,6 +77,9 @@ class Entry:
 
 _entries: dict[int, Entry] = {}
 _tracking = False
+# Per alias, in this process only (a forked child starts from zero).
+_opened: Counter[str] = Counter()
+_detached: Counter[str] = Counter()
 
 
 def _on_wrapper_collected(key: int) -> None:
@@ -72,7 +87,7 @@ def _on_wrapper_collected(key: int) -> None:
     if entry is not None and entry.pid != os.getpid():
         # Collected in a child before the reset ran: detach before the raw
         # connection's own deallocation can say goodbye on the shared socket.
-        _drivers.neutralise(entry.raw, owned=False)
+        _drivers.neutralise(entry.raw, owned=False, alias=entry.alias)
 
 
 def _collected_callback(key: int) -> Callable[[weakref.ref[BaseDatabaseWrapper]], None]:
@@ -96,6 +111,8 @@ def register(wrapper: BaseDatabaseWrapper, *, pid: int | None = None) -> None:
         ref = old.wrapper_ref
     else:
         ref = weakref.ref(wrapper, _collected_callback(key))
+    if pid is None or pid == os.getpid():
+        _opened[wrapper.alias] += 1
     _entries[key] = Entry(
         wrapper_ref=ref,
         alias=wrapper.alias,
@@ -159,3 +176,41 @@ def inherited() -> Iterator[Entry]:
     """Entries whose connection was opened by another (parent) process."""
     pid = os.getpid()
     return (e for e in entries() if e.pid != pid)
+
+
+def note_detached(alias: str) -> None:
+    """Count one inherited connection of ``alias`` detached in this process."""
+    _detached[alias] += 1
+
+
+def start_counting_afresh() -> None:
+    """In a forked child: the parent's counts are not this process's."""
+    _opened.clear()
+    _detached.clear()
+
+
+def stats() -> dict[str, dict[str, int]]:
+    """Connections of this process by alias: ``opened``, ``open``, ``closed``, ``detached``.
+
+    ``opened`` counts Django's ``connect()`` calls in this process since
+    tracking started (plus connections found open when it started); ``open``
+    those whose wrapper still holds them; ``closed`` the difference (closed by
+    Django, returned to a native pool, or collected); ``detached`` inherited
+    connections dropped after a fork. Covers every thread.
+    """
+    pid = os.getpid()
+    still_open: Counter[str] = Counter()
+    for entry in entries():
+        wrapper = entry.wrapper
+        if entry.pid == pid and wrapper is not None and wrapper.connection is entry.raw:
+            still_open[entry.alias] += 1
+    aliases = sorted(set(_opened) | set(_detached) | set(still_open))
+    return {
+        alias: {
+            "opened": _opened[alias],
+            "open": still_open[alias],
+            "closed": max(_opened[alias] - still_open[alias], 0),
+            "detached": _detached[alias],
+        }
+        for alias in aliases
+    }

@@ -24,10 +24,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["EXIT_PATHS", "SCENARIOS", "Result", "configure_django", "run"]
+__all__ = ["EXIT_PATHS", "MODES", "SCENARIOS", "Result", "configure_django", "run"]
 
 EXIT_PATHS = ("os_exit", "sys_exit", "exception", "sigkill", "close_all", "orm")
-SCENARIOS = ("fork", "fork_thread", "fork_pool")
+MODES = ("plain", "forksafe", "manual")
+SCENARIOS = ("fork", "fork_thread", "fork_pool", "mp_pool", "threads", "threads_any", "executor")
 
 
 @dataclass
@@ -201,12 +202,18 @@ def settle_sessions(url: str, expected: int | None, timeout: float = 3.0) -> int
 # --- the child ----------------------------------------------------------------------------
 
 
-def _child(exit_path: str, parent_backend: int, report_fd: int) -> None:
+def _child(exit_path: str, parent_backend: int, report_fd: int, mode: str) -> None:
     """Runs in the forked child. Never returns normally."""
     from django.db import connections
 
     report: dict[str, Any] = {}
     try:
+        if mode == "manual":
+            # What a server that forks in C does: no at-fork hook ran, the
+            # integration calls the child-side reset itself.
+            import forksafe
+
+            forksafe.after_fork_in_child()
         if exit_path in ("orm", "sys_exit", "exception"):
             child_backend = backend_id()
             report["child_own_session"] = child_backend != parent_backend
@@ -233,7 +240,7 @@ def _fork_and_wait(exit_path: str, parent_backend: int, result: Result) -> None:
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
-        _child(exit_path, parent_backend, write_fd)
+        _child(exit_path, parent_backend, write_fd, result.mode)
     os.close(write_fd)
     chunks = []
     while chunk := os.read(read_fd, 65536):
@@ -322,7 +329,103 @@ def scenario_fork_pool(url: str, exit_path: str, result: Result) -> None:
     result.sessions_before = None
 
 
+def _pool_task(_: int) -> tuple[int, int]:
+    """A worker's task in ``mp_pool``: which process and which server session ran it."""
+    return os.getpid(), backend_id()
+
+
+def scenario_mp_pool(url: str, exit_path: str, result: Result) -> None:
+    """A ``fork`` pool after the parent used the DB: plain ``multiprocessing`` vs forksafe."""
+    import multiprocessing
+
+    parent_backend = backend_id()
+    result.sessions_before = count_sessions(url)
+    if result.mode == "forksafe":
+        import forksafe
+
+        pool = forksafe.Pool(2, context=forksafe.get_context("fork"))
+    else:
+        pool = multiprocessing.get_context("fork").Pool(2)
+    try:
+        seen = pool.map_async(_pool_task, range(20), chunksize=1).get(timeout=5)
+        by_pid: dict[int, set[int]] = {}
+        for pid, backend in seen:
+            by_pid.setdefault(pid, set()).add(backend)
+        backends = [b for bs in by_pid.values() for b in bs]
+        if result.vendor != "sqlite":  # SQLite's "backend id" is an address: not comparable
+            result.child_own_session = parent_backend not in backends and len(backends) == len(
+                set(backends)
+            )
+        pool.close()
+    except multiprocessing.TimeoutError:
+        result.child_error = "the map hung (workers stuck on a shared session)"
+        result.child_own_session = False
+        pool.terminate()
+    except Exception as exc:
+        result.child_error = f"{type(exc).__name__}: {exc}"
+        pool.terminate()
+    pool.join()
+    _parent_check(parent_backend, result)
+    result.sessions_after = settle_sessions(url, result.sessions_before)
+
+
+def _one_query() -> None:
+    backend_id()
+
+
+def scenario_threads(url: str, exit_path: str, result: Result) -> None:
+    """50 short threads, one query each, all joined; no ``gc.collect()``.
+
+    plain: ``threading.Thread``; forksafe: ``forksafe.Thread``. ``threads_any``
+    runs plain ``threading.Thread``s and, in forksafe mode, ``install(threads=True)``.
+    """
+    thread_class: type[threading.Thread] = threading.Thread
+    if result.mode == "forksafe":
+        import forksafe
+
+        if result.scenario == "threads_any":
+            forksafe.install(threads=True)
+        else:
+            thread_class = forksafe.Thread
+    parent_backend = backend_id()
+    result.sessions_before = count_sessions(url)
+    threads = [thread_class(target=_one_query) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _parent_check(parent_backend, result)
+    result.sessions_after = settle_sessions(url, result.sessions_before, timeout=1.0)
+
+
+def scenario_executor(url: str, exit_path: str, result: Result) -> None:
+    """An 8-worker executor runs 200 queries and is shut down (``CONN_MAX_AGE=None``)."""
+    from concurrent.futures import Executor, ThreadPoolExecutor
+
+    from django.db import connections
+
+    connections.settings["default"]["CONN_MAX_AGE"] = None
+    executor: Executor
+    if result.mode == "forksafe":
+        import forksafe
+
+        executor = forksafe.ThreadPoolExecutor(8)
+    else:
+        executor = ThreadPoolExecutor(8)
+    parent_backend = backend_id()
+    result.sessions_before = count_sessions(url)
+    backends = set(executor.map(lambda _: backend_id(), range(200)))
+    executor.shutdown(wait=True)
+    result.extra["worker_sessions"] = len(backends)
+    _parent_check(parent_backend, result)
+    result.sessions_after = settle_sessions(url, result.sessions_before, timeout=1.0)
+
+
 _SCENARIO_FUNCS = {
+    "threads": scenario_threads,
+    "threads_any": scenario_threads,
+    "executor": scenario_executor,
+    "mp_pool": scenario_mp_pool,
     "fork": scenario_fork,
     "fork_thread": scenario_fork_thread,
     "fork_pool": scenario_fork_pool,
@@ -336,7 +439,13 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exit", dest="exit_path", default="orm", choices=(*EXIT_PATHS, "close_pool")
     )
-    parser.add_argument("--mode", choices=("plain", "forksafe"), default="forksafe")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="forksafe",
+        help="plain: no forksafe; forksafe: install(); manual: no install(), the child"
+        " calls forksafe.after_fork_in_child() (as uWSGI's postfork integration does)",
+    )
     parser.add_argument("--close-before-fork", action="store_true")
     args = parser.parse_args(argv)
 
@@ -345,6 +454,8 @@ def _main(argv: list[str] | None = None) -> int:
         import forksafe
 
         forksafe.install(close_before_fork=args.close_before_fork)
+    elif args.mode == "manual":
+        import forksafe  # noqa: F401 - imported in the parent, never installed
     import django
 
     django.setup()

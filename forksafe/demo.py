@@ -32,6 +32,10 @@ ROWS = (
     _Row("child exits via sys.exit()", "fork", "sys_exit"),
     _Row("child dies by an uncaught exception", "fork", "exception"),
     _Row("other parent thread holds a connection", "fork_thread", "sys_exit"),
+    _Row("fork Pool(2) after the parent queried", "mp_pool", "orm"),
+    _Row("50 short threads, joined (forksafe.Thread)", "threads", "orm"),
+    _Row("50 threading.Threads (install(threads=True))", "threads_any", "orm"),
+    _Row("8-worker executor, 200 tasks, shutdown()", "executor", "orm"),
     _Row("native pool: child calls close_pool()", "fork_pool", "close_pool", needs="pool"),
     _Row("native pool: child runs ORM queries", "fork_pool", "orm", needs="pool"),
 )
@@ -87,7 +91,9 @@ def run_demo(database: str | None, out: TextIO = sys.stdout) -> int:
         "'parent kept session': the parent's own server session still answers after the\n"
         "child is gone. 'child own session': a querying child got a session of its own.\n"
         "'left': server sessions left over once the child exited. forksafe runs with\n"
-        "close_before_fork=False here, to show that the parent's open connection survives.\n\n"
+        "close_before_fork=False here, to show that the parent's open connection survives.\n"
+        "Thread rows: 'left' counts the sessions still open once the threads were joined\n"
+        "or the executor shut down, without gc.collect(); 'parent' is the main thread.\n\n"
     )
     header = ["scenario", "mode", "parent kept session", "child own session", "left"]
     table = [header]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import weakref
@@ -15,7 +16,7 @@ import pytest
 from django.db import ProgrammingError, connection, connections, transaction
 
 import forksafe
-from forksafe import _registry, _scenarios
+from forksafe import _fork, _registry, _scenarios
 from tests._forking import ChildFailed, run_in_child
 from tests.testapp.models import Item
 
@@ -306,12 +307,29 @@ def test_failing_detach_parks_the_connection_and_child_goes_on(keep_open: None) 
     wrapper.connection = Opaque()
     _registry.register(wrapper)
 
-    def child() -> tuple[bool, int]:
-        return wrapper.connection is None, _scenarios.backend_id()
+    pid = os.fork()  # the hook runs in the child before anything else
+    if pid == 0:  # pragma: no cover - child
+        os._exit(0 if wrapper.connection is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> tuple[bool, list[str]]:
+        # Run the reset again, by hand, with a log handler attached.
+        messages: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("forksafe").addHandler(handler)
+        wrapper.connection = Opaque()
+        _registry.register(wrapper, pid=_registry.UNKNOWN_PID)
+        _fork._reset_pid = 0  # pretend this process has not been reset yet
+        forksafe.after_fork_in_child()
+        return wrapper.connection is None, messages
 
     try:
-        dropped, _ = run_in_child(child)
+        dropped, messages = run_in_child(child)
         assert dropped
+        # The log names the driver (the raw connection's top-level module) and the alias.
+        assert any("inherited tests connection of alias 'default'" in m for m in messages)
     finally:
         wrapper.connection = None
 

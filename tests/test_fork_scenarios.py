@@ -39,6 +39,19 @@ def test_other_thread_keeps_its_session_across_fork(
     assert res["thread_same_session"] is True, res.get("extra")
 
 
+@pytest.mark.parametrize("scenario", ["fork", "fork_thread"])
+def test_manual_after_fork_in_child_without_install_keeps_parent_session(
+    db_url: str, vendor: str, scenario: str
+) -> None:
+    """No at-fork hook (uWSGI): the child calls after_fork_in_child() itself, which finds
+    the inherited connections of every thread by itself."""
+    res = _scenarios.run(scenario, db_url, exit_path="close_all", mode="manual")
+    _check_forksafe(res, vendor)
+    res = _scenarios.run(scenario, db_url, exit_path="orm", mode="manual")
+    _check_forksafe(res, vendor)
+    assert res["child_own_session"] is True
+
+
 def test_close_before_fork_gives_parent_a_clean_reconnect(db_url: str, vendor: str) -> None:
     res = _scenarios.run("fork", db_url, exit_path="close_all", close_before_fork=True)
     assert res["parent_error"] is None, res["stderr"]

@@ -43,7 +43,7 @@ def settings_for(driver: str) -> dict[str, Any]:
         "FORKSAFE_TEST_DRIVER": driver,
         "FORKSAFE_TEST_URL": url,
         "DATABASES": databases,
-        "INSTALLED_APPS": ["django.contrib.contenttypes", "tests.testapp"],
+        "INSTALLED_APPS": ["django.contrib.contenttypes", "forksafe", "tests.testapp"],
         "USE_TZ": True,
         "SECRET_KEY": "forksafe-tests",
         "DEFAULT_AUTO_FIELD": "django.db.models.AutoField",

@@ -1,0 +1,33 @@
+"""The Django app: add ``"forksafe"`` to ``INSTALLED_APPS`` and the hooks install themselves."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+__all__ = ["ForkSafeConfig"]
+
+
+class ForkSafeConfig(AppConfig):
+    """Installs forksafe in ``ready()`` according to ``settings.FORKSAFE``.
+
+    ``ready()`` runs once per process, after the app registry is populated and
+    before any request -- in the uWSGI master or gunicorn arbiter too when the
+    app is preloaded, which is where the hooks must be in place. Calling
+    ``forksafe.install()`` earlier yourself (top of ``manage.py``/``wsgi.py``)
+    is fine: it is idempotent, and ``ready()`` then only applies the options.
+    """
+
+    name = "forksafe"
+    verbose_name = "forksafe"
+    default_auto_field = "django.db.models.AutoField"
+
+    def ready(self) -> None:
+        from forksafe import checks, conf
+        from forksafe._fork import install
+
+        checks.register()
+        if conf.get("INSTALL"):
+            install(
+                close_before_fork=conf.get("CLOSE_BEFORE_FORK"),
+                threads=conf.get("THREADS"),
+            )

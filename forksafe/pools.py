@@ -1,0 +1,386 @@
+"""Process pools whose workers never share, kill or leak the parent's database sessions.
+
+Drop-in replacements for :class:`multiprocessing.Process`, :func:`multiprocessing.Pool`,
+:func:`multiprocessing.get_context` and :class:`concurrent.futures.ProcessPoolExecutor`,
+for the standard library and for the dill-based ``multiprocess`` package
+(``library="multiprocess"``). They work whether or not :func:`forksafe.install` was
+called, under every start method.
+
+Everything happens in the process classes, so anything that builds its workers from a
+forksafe context (``ctx.Pool``, ``ctx.Process``, the executor) gets it:
+
+* **In the parent, before a fork** (``fork`` start method): the pre-fork cleanup of
+  :func:`forksafe.prepare_fork` runs in the forking thread (once per fork; when
+  ``install()`` registered the hooks, they do it).
+* **In the worker, before anything else** (``BaseProcess._bootstrap``, the first Python
+  code of a child under every start method): inherited connections are detached with no
+  network I/O and the worker's wrappers start with *clean* transaction state, even when
+  the pool was created inside ``transaction.atomic()``: a worker runs its tasks outside
+  the parent's block. The worker then opens a session of its own on its first query and
+  keeps it across tasks.
+* **spawn / forkserver**: nothing is inherited, but Django must be set up. The parent's
+  settings module (``settings.SETTINGS_MODULE``, i.e. ``DJANGO_SETTINGS_MODULE``) travels
+  with the pickled process object and ``django.setup()`` runs while it is unpickled in the
+  child -- *before* the worker's target, initializer and tasks are unpickled, so modules
+  that import models at the top level work. Settings made with ``settings.configure()``
+  cannot be carried (they may hold anything, including unpicklable objects): starting a
+  spawn/forkserver worker from such a parent raises ``ImproperlyConfigured`` in the parent.
+* **When the worker exits normally** (``maxtasksperchild`` / ``max_tasks_per_child``
+  reached, ``close()`` + ``join()``, the executor's ``shutdown()``, a ``Process`` whose
+  target returned or raised): its connections are closed in the worker's thread, so the
+  server-side count goes back to its baseline. A worker that dies without running Python
+  code (``terminate()`` sends SIGTERM, SIGKILL, ``os._exit``) closes nothing; the kernel
+  closes its sockets and the server ends those sessions when it reads EOF.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import logging
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.pool
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from forksafe import _fork, _registry
+
+logger = logging.getLogger("forksafe")
+
+__all__ = ["LIBRARIES", "Pool", "Process", "ProcessPoolExecutor", "get_context"]
+
+LIBRARIES = ("multiprocessing", "multiprocess")
+"""The values ``library=`` accepts."""
+
+_contexts: dict[tuple[str, str], Any] = {}
+
+
+# --- what runs in the parent ----------------------------------------------------------------
+
+
+def _settings_module_to_carry() -> str | None:
+    """The settings module a spawn/forkserver child must load (parent side).
+
+    ``None`` when this process does not use Django. Raises ``ImproperlyConfigured``
+    when the settings came from ``settings.configure()``: they cannot be rebuilt in
+    a fresh interpreter.
+    """
+    if "django" not in sys.modules:
+        return None
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    if not settings.configured:
+        return os.environ.get("DJANGO_SETTINGS_MODULE") or None
+    module: str | None = settings.SETTINGS_MODULE
+    if not module:
+        raise ImproperlyConfigured(
+            "forksafe: a spawn/forkserver worker starts a fresh interpreter and must set"
+            " Django up from a settings module, but this process configured its settings"
+            " with settings.configure(), which cannot be carried to another process. Set"
+            " DJANGO_SETTINGS_MODULE (a module with those settings), or use the 'fork'"
+            " start method: forksafe.get_context('fork')."
+        )
+    return module
+
+
+def _before_fork() -> None:
+    """The pre-fork cleanup, in the thread about to fork (skipped if the hooks do it)."""
+    if "django.db" not in sys.modules or _fork._hooks_registered:
+        return
+    _registry.start_tracking()  # idempotent; finds the wrappers connected before
+    _fork.prepare_fork()
+
+
+# --- what runs in the child -----------------------------------------------------------------
+
+
+class _DjangoSetup:
+    """Pickled ahead of a spawn/forkserver worker's state: sets Django up while unpickled."""
+
+    def __init__(self, settings_module: str | None) -> None:
+        self.settings_module = settings_module
+
+    def __reduce__(self) -> tuple[Callable[[str | None], None], tuple[str | None]]:
+        return (_setup_django, (self.settings_module,))
+
+
+def _setup_django(settings_module: str | None) -> None:
+    """In a spawn/forkserver child: ``django.setup()`` from the parent's settings module."""
+    if settings_module is None:
+        return
+    os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+    import django
+    from django.apps import apps
+
+    if not apps.ready:
+        django.setup()
+
+
+def _rebuild_process(ref: Any, _django: None) -> Any:
+    """Unpickle a worker process object (``_django`` ran :func:`_setup_django` already)."""
+    cls = _context(*ref).Process if isinstance(ref, tuple) else ref
+    return cls.__new__(cls)
+
+
+def _clean_inherited_transactions() -> None:
+    """Give this thread's wrappers clean transaction state (the worker's first step).
+
+    With ``install()``, the at-fork hook already reset the child the way a raw fork
+    child needs it: a wrapper forked inside ``transaction.atomic()`` was left in
+    Django's "closed inside a transaction" state. A worker runs its tasks outside that
+    block, so that state is cleared here (no connection is open, nothing is sent).
+    """
+    from django.conf import settings
+    from django.db import connections
+
+    if not settings.configured:
+        return
+    for wrapper in connections.all(initialized_only=True):
+        if wrapper.connection is None and (wrapper.in_atomic_block or wrapper.needs_rollback):
+            _fork._forget_connection(wrapper, clean=True)
+
+
+def _worker_started() -> None:
+    """First thing in every worker: detach what was inherited, clean transaction state."""
+    if "django.db" not in sys.modules:
+        return  # nothing can hold a connection
+    _fork._reset_child(clean_transactions=True)
+    try:
+        _clean_inherited_transactions()
+    except Exception:
+        logger.warning("forksafe: resetting the worker's transaction state failed", exc_info=True)
+
+
+def _worker_exiting() -> None:
+    """Last thing in a worker that exits normally: close its own sessions (and pools)."""
+    if "django.db" not in sys.modules:
+        return
+    from django.conf import settings
+    from django.db import connections
+
+    if not settings.configured:
+        return
+    for wrapper in connections.all(initialized_only=True):
+        try:
+            wrapper.close()
+            pools = getattr(type(wrapper), "_connection_pools", None)
+            if pools and wrapper.alias in pools:
+                wrapper.close_pool()  # type: ignore[attr-defined]
+        except Exception:
+            logger.warning(
+                "forksafe: closing connection %r at worker exit failed",
+                wrapper.alias,
+                exc_info=True,
+            )
+
+
+class _ForksafeProcess:
+    """Mixed into a library's process class, before it in the MRO."""
+
+    _forksafe_settings: str | None = None
+
+    def _forksafe_method(self) -> str:
+        method: str | None = getattr(self, "_start_method", None)
+        if method is None:  # the default context's Process
+            method = _default_method(_library_of(type(self)))
+        return method
+
+    def start(self) -> None:
+        """Start the process (see :meth:`multiprocessing.Process.start`).
+
+        In the calling (parent) thread: the pre-fork cleanup before a fork, or for
+        spawn/forkserver the check that Django's settings can be carried.
+        """
+        if self._forksafe_method() == "fork":
+            _before_fork()
+        else:
+            self._forksafe_settings = _settings_module_to_carry()
+        super().start()  # type: ignore[misc]
+
+    def _bootstrap(self, *args: Any, **kwargs: Any) -> int:
+        # The first Python code of the child under every start method.
+        try:
+            _worker_started()
+        except Exception:
+            logger.warning("forksafe: the worker's start-up reset failed", exc_info=True)
+        try:
+            code: int = super()._bootstrap(*args, **kwargs)  # type: ignore[misc]
+            return code
+        finally:
+            _worker_exiting()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # spawn/forkserver: Django is set up before the target and args are unpickled.
+        cls = type(self)
+        ref: Any = cls.__dict__.get("_forksafe_key", cls)
+        return (_rebuild_process, (ref, _DjangoSetup(self._forksafe_settings)), self.__dict__)
+
+
+class Process(_ForksafeProcess, multiprocessing.context.Process):
+    """:class:`multiprocessing.Process` (default start method) with forksafe's worker care.
+
+    Subclass it and override ``run()`` as usual: the reset happens before ``run()`` in
+    the child, and the child's connections are closed after ``run()`` returns or raises.
+    """
+
+
+# --- contexts ------------------------------------------------------------------------------
+
+
+def _import_library(library: str) -> Any:
+    if library not in LIBRARIES:
+        raise ValueError(
+            f"unknown library {library!r}; choose one of: {', '.join(repr(x) for x in LIBRARIES)}"
+        )
+    try:
+        return importlib.import_module(library)
+    except ImportError as exc:
+        raise ImportError(
+            f"forksafe: library={library!r} needs the {library!r} package:"
+            " pip install 'forksafe[multiprocess]'"
+        ) from exc
+
+
+def _library_of(cls: type) -> str:
+    for klass in cls.__mro__:
+        root = klass.__module__.partition(".")[0]
+        if root in LIBRARIES:
+            return root
+    return "multiprocessing"
+
+
+def _default_method(library: str) -> str:
+    mod = _import_library(library)
+    method: str | None = mod.get_start_method(allow_none=True)
+    if method is None:
+        method = str(mod.get_all_start_methods()[0])  # documented: the first is the default
+    return method
+
+
+def _context(library: str, method: str) -> Any:
+    """The (cached) forksafe context of ``library`` for ``method``."""
+    key = (library, method)
+    ctx = _contexts.get(key)
+    if ctx is not None:
+        return ctx
+    mod = _import_library(library)
+    valid = list(mod.get_all_start_methods())
+    if method not in valid:
+        raise ValueError(
+            f"unknown start method {method!r} for {library}; choose one of:"
+            f" {', '.join(repr(m) for m in valid)}"
+        )
+    base = mod.get_context(method)
+    process_cls = type(
+        f"{method.capitalize()}Process",
+        (_ForksafeProcess, base.Process),
+        {"_forksafe_key": key, "__module__": __name__},
+    )
+
+    def get_context(self: Any, method: str | None = None) -> Any:
+        return self if method is None else _context(library, method)
+
+    ctx_cls = type(
+        f"{method.capitalize()}Context",
+        (type(base),),
+        {"Process": process_cls, "get_context": get_context, "__module__": __name__},
+    )
+    ctx = ctx_cls()
+    _contexts[key] = ctx
+    return ctx
+
+
+def get_context(method: str | None = None, *, library: str = "multiprocessing") -> Any:
+    """A multiprocessing context whose processes (and so pools) are forksafe workers.
+
+    Like :func:`multiprocessing.get_context`: ``method`` is ``"fork"``, ``"spawn"`` or
+    ``"forkserver"`` (what the platform supports), ``None`` for the library's default
+    (``fork`` on Linux before Python 3.14, ``forkserver`` from 3.14). ``library`` is
+    ``"multiprocessing"`` or ``"multiprocess"`` (the dill-based package: lambdas and
+    closures as tasks). Everything else of the context (queues, locks, managers,
+    ``ctx.Pool``) is the library's own.
+
+    Raises ``ValueError`` for an unknown library or start method (the message lists the
+    valid ones) and ``ImportError`` naming the extra when ``multiprocess`` is missing.
+
+    The result is an instance of a subclass of the library's own context class for
+    ``method`` (``ForkContext``...), typed ``Any`` because the two libraries' classes
+    have no common typed base that has ``Process``.
+    """
+    if method is not None and not isinstance(method, str):
+        raise ValueError(f"start method must be a string or None, not {method!r}")
+    if not isinstance(library, str):
+        raise ValueError(f"library must be one of {LIBRARIES}, not {library!r}")
+    return _context(library, method if method is not None else _default_method(library))
+
+
+def _as_forksafe_context(context: Any, method: str | None = None) -> Any:
+    """``context`` (forksafe, stdlib, ``multiprocess`` or ``None``) as a forksafe context."""
+    if context is None:
+        return get_context(method)
+    if context in _contexts.values():
+        return context
+    get_start_method = getattr(context, "get_start_method", None)
+    if get_start_method is None:
+        raise ValueError(f"not a multiprocessing context: {context!r}")
+    return _context(_library_of(type(context)), get_start_method(allow_none=False))
+
+
+def Pool(  # noqa: N802 - the stdlib's name
+    processes: int | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
+    maxtasksperchild: int | None = None,
+    context: Any = None,
+) -> multiprocessing.pool.Pool:
+    """:func:`multiprocessing.Pool` whose workers are forksafe (see the module docs).
+
+    ``context``: a context of :func:`get_context` (or a plain ``multiprocessing`` /
+    ``multiprocess`` context, made forksafe); default: the standard library's default
+    start method. ``forksafe.get_context(method, library=...).Pool(...)`` is the same.
+    Workers keep their own connection across tasks and close it when they exit.
+    """
+    ctx = _as_forksafe_context(context)
+    if ctx.get_start_method() != "fork":
+        _settings_module_to_carry()  # fail in the caller, not in every worker
+    pool: multiprocessing.pool.Pool = ctx.Pool(processes, initializer, initargs, maxtasksperchild)
+    return pool
+
+
+class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
+    """:class:`concurrent.futures.ProcessPoolExecutor` whose workers are forksafe.
+
+    Same arguments. ``mp_context`` may be a context of :func:`get_context` or of the
+    standard library (made forksafe); like the standard library, the default is the
+    default start method, or ``spawn`` when ``max_tasks_per_child`` is given. The
+    executor is built on the standard library's ``multiprocessing``: use
+    ``forksafe.get_context(library="multiprocess").Pool`` for ``multiprocess``.
+    Workers close their sessions on ``shutdown()`` and when ``max_tasks_per_child`` is
+    reached; a worker that dies makes the executor raise ``BrokenProcessPool`` as usual.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: multiprocessing.context.BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+    ) -> None:
+        if mp_context is not None and _library_of(type(mp_context)) != "multiprocessing":
+            raise ValueError(
+                "forksafe.ProcessPoolExecutor needs a context of the standard library's"
+                " multiprocessing; for multiprocess use"
+                " forksafe.get_context(library='multiprocess').Pool(...)"
+            )
+        ctx = _as_forksafe_context(mp_context, "spawn" if max_tasks_per_child else None)
+        if ctx.get_start_method() != "fork":
+            _settings_module_to_carry()
+        super().__init__(
+            max_workers, ctx, initializer, initargs, max_tasks_per_child=max_tasks_per_child
+        )

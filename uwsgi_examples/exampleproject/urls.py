@@ -1,0 +1,8 @@
+"""URLs of the example project."""
+
+from __future__ import annotations
+
+from django.urls import path
+from exampleproject.views import enqueue, whoami
+
+urlpatterns = [path("", whoami), path("spool", enqueue)]
