@@ -8,7 +8,6 @@ server tests run for the psycopg and mysqlclient drivers only (see
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -17,49 +16,20 @@ from typing import Any
 import pytest
 
 import forksafe.gunicorn
-from forksafe._scenarios import count_sessions, settle_sessions
-from uwsgi_examples.load import LoadResult, fire, get
-from uwsgi_examples.run import Server, migrate, missing
-
-SERVER_DRIVERS = ("psycopg", "mysqlclient")
-WORKERS = 4
+from forksafe._scenarios import settle_sessions
+from tests._prefork import WORKERS, assert_own_sessions, require_server, session_baseline
+from uwsgi_examples.load import fire, get
+from uwsgi_examples.run import Server
 
 
 @pytest.fixture(scope="module")
 def example_db(db_url: str, driver: str) -> str:
-    """The test database, migrated for the example project; skips what should not run."""
-    if driver not in SERVER_DRIVERS:
-        pytest.skip(
-            f"gunicorn server tests run for {' and '.join(SERVER_DRIVERS)} only (the"
-            " hooks are driver-independent; the detach per driver is tested elsewhere)"
-        )
-    reason = missing("gunicorn")
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
-    migrate(db_url)
-    return db_url
+    return require_server("gunicorn", db_url, driver)
 
 
 @pytest.fixture
 def baseline(example_db: str) -> Iterator[int]:
-    """Server sessions before the test's server starts (this process holds none)."""
-    from django.db import connections
-
-    connections.close_all()
-    n = count_sessions(example_db)
-    assert n is not None
-    yield n
-    connections.close_all()
-
-
-def _assert_own_sessions(result: LoadResult, *, workers: int | None = None) -> None:
-    assert not result.errors, result.summary()
-    if workers is not None:
-        assert len(result.pids) == workers, result.summary()
-    assert result.on_loader_session == 0, result.summary()
-    assert result.shared_backends == {}, result.summary()
+    yield from session_baseline(example_db)
 
 
 @pytest.mark.parametrize("forksafe_mode", ["1", "hook"])
@@ -70,7 +40,7 @@ def test_preloaded_sync_workers_each_get_their_own_session(
     ``hook``: the gunicorn.conf.py hooks alone."""
     with Server("gunicorn", example_db, forksafe=forksafe_mode, processes=WORKERS) as server:
         result = fire(server.url, requests=1000, concurrency=32, timeout=10)
-        _assert_own_sessions(result, workers=WORKERS)
+        assert_own_sessions(result, workers=WORKERS)
         assert all(len(b) == 1 for b in result.backends_by_pid.values())
         # The arbiter closed its session before forking: only the workers' remain.
         expected = baseline + WORKERS
@@ -81,7 +51,7 @@ def test_gthread_workers_each_get_their_own_sessions(example_db: str) -> None:
     env = {"EXAMPLE_WORKER_CLASS": "gthread", "EXAMPLE_THREADS": "4"}
     with Server("gunicorn", example_db, processes=2, env=env) as server:
         result = fire(server.url, requests=400, concurrency=16, timeout=10)
-    _assert_own_sessions(result, workers=2)
+    assert_own_sessions(result, workers=2)
     assert all(len(b) <= 4 for b in result.backends_by_pid.values()), result.backends_by_pid
 
 
@@ -89,7 +59,7 @@ def test_max_requests_recycling_does_not_pile_up_sessions(example_db: str, basel
     env = {"EXAMPLE_MAX_REQUESTS": "100"}
     with Server("gunicorn", example_db, processes=WORKERS, env=env) as server:
         result = fire(server.url, requests=600, concurrency=16, timeout=10)
-        _assert_own_sessions(result)
+        assert_own_sessions(result)
         assert len(result.pids) > WORKERS, "no worker was recycled"
         # A respawned worker that got no request yet has no session: at most this many.
         expected = baseline + WORKERS
@@ -100,7 +70,7 @@ def test_max_requests_recycling_does_not_pile_up_sessions(example_db: str, basel
 def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int) -> None:
     with Server("gunicorn", example_db, processes=WORKERS) as server:
         before = fire(server.url, requests=200, concurrency=16)
-        _assert_own_sessions(before, workers=WORKERS)
+        assert_own_sessions(before, workers=WORKERS)
         server.signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
         while True:  # until the new workers answer
@@ -112,7 +82,7 @@ def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
         after = fire(server.url, requests=400, concurrency=16)
-        _assert_own_sessions(after)
+        assert_own_sessions(after)
         assert not after.pids & before.pids
         expected = baseline + WORKERS
         n = settle_sessions(example_db, expected, timeout=5)

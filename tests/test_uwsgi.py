@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -21,50 +20,20 @@ from typing import Any
 import pytest
 
 from forksafe import uwsgi as forksafe_uwsgi
-from forksafe._scenarios import count_sessions, settle_sessions
-from uwsgi_examples.load import LoadResult, fire, get
-from uwsgi_examples.run import Server, migrate, missing
-
-SERVER_DRIVERS = ("psycopg", "mysqlclient")
-WORKERS = 4
+from forksafe._scenarios import settle_sessions
+from tests._prefork import WORKERS, assert_own_sessions, require_server, session_baseline
+from uwsgi_examples.load import fire, get
+from uwsgi_examples.run import Server
 
 
 @pytest.fixture(scope="module")
 def example_db(db_url: str, driver: str) -> str:
-    """The test database, migrated for the example project; skips what should not run."""
-    if driver not in SERVER_DRIVERS:
-        pytest.skip(
-            f"uWSGI server tests run for {' and '.join(SERVER_DRIVERS)} only (uWSGI's"
-            " hooks are driver-independent; the detach per driver is tested elsewhere)"
-        )
-    reason = missing("uwsgi")
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
-    migrate(db_url)
-    return db_url
+    return require_server("uwsgi", db_url, driver)
 
 
 @pytest.fixture
 def baseline(example_db: str) -> Iterator[int]:
-    """Server sessions before the test's server starts (this process holds none)."""
-    from django.db import connections
-
-    connections.close_all()
-    n = count_sessions(example_db)
-    assert n is not None
-    yield n
-    connections.close_all()
-
-
-def _assert_own_sessions(result: LoadResult, *, workers: int | None = None) -> None:
-    """No error; every worker on its own session(s), none on the loader's."""
-    assert not result.errors, result.summary()
-    if workers is not None:
-        assert len(result.pids) == workers, result.summary()
-    assert result.on_loader_session == 0, result.summary()
-    assert result.shared_backends == {}, result.summary()
+    yield from session_baseline(example_db)
 
 
 def test_workers_each_get_their_own_session_under_a_thousand_concurrent_requests(
@@ -72,7 +41,7 @@ def test_workers_each_get_their_own_session_under_a_thousand_concurrent_requests
 ) -> None:
     with Server("preforked", example_db, processes=WORKERS) as server:
         result = fire(server.url, requests=1000, concurrency=32, timeout=10)
-        _assert_own_sessions(result, workers=WORKERS)
+        assert_own_sessions(result, workers=WORKERS)
         assert all(len(b) == 1 for b in result.backends_by_pid.values()), result.backends_by_pid
         # The workers' sessions, plus the one the master opened while loading.
         assert settle_sessions(example_db, baseline + WORKERS + 1) == baseline + WORKERS + 1
@@ -92,7 +61,7 @@ def test_max_requests_recycling_does_not_pile_up_sessions(example_db: str, basel
     extra = ("--max-requests", "100", "--min-worker-lifetime", "0")
     with Server("preforked", example_db, processes=WORKERS, extra=extra) as server:
         result = fire(server.url, requests=600, concurrency=16, timeout=10)
-        _assert_own_sessions(result)
+        assert_own_sessions(result)
         assert len(result.pids) > WORKERS, "no worker was recycled"
         # A respawned worker that got no request yet has no session: at most this many.
         expected = baseline + WORKERS + 1
@@ -103,7 +72,7 @@ def test_max_requests_recycling_does_not_pile_up_sessions(example_db: str, basel
 def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int) -> None:
     with Server("preforked", example_db, processes=WORKERS) as server:
         before = fire(server.url, requests=200, concurrency=16)
-        _assert_own_sessions(before, workers=WORKERS)
+        assert_own_sessions(before, workers=WORKERS)
         server.signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
         while True:  # until the reloaded workers answer
@@ -115,7 +84,7 @@ def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
         after = fire(server.url, requests=400, concurrency=16)
-        _assert_own_sessions(after, workers=WORKERS)
+        assert_own_sessions(after, workers=WORKERS)
         assert not after.pids & before.pids
         expected = baseline + WORKERS + 1
         assert settle_sessions(example_db, expected, timeout=10) == expected, server.log()
@@ -145,7 +114,7 @@ def test_mule_and_spooler_run_orm_queries_on_their_own_sessions(
         assert get(server.url + "spool")["queued"] is True
         reports["spooler"] = _wait_for_report(spool_report, server)
         workers = fire(server.url, requests=50, concurrency=4)
-    _assert_own_sessions(workers)
+    assert_own_sessions(workers)
     for name, report in reports.items():
         assert "error" not in report, (name, report)
         assert len(set(report["backends"])) == 1, (name, report)
@@ -164,7 +133,7 @@ def test_user_post_fork_hooks_are_kept_and_run_after_the_reset(
     env = {"EXAMPLE_USER_HOOK": user_hook}
     with Server("preforked", example_db, processes=2, env=env) as server:
         result = fire(server.url, requests=40, concurrency=4)
-    _assert_own_sessions(result, workers=2)
+    assert_own_sessions(result, workers=2)
     for r in result.responses:
         assert r["postfork_pid"] == r["pid"], r
         assert r["postfork_backend"] == r["backend"], r
@@ -184,7 +153,7 @@ def test_threaded_workers_give_each_request_thread_its_own_session(
 ) -> None:
     with Server("threads", example_db, processes=2) as server:
         result = fire(server.url, requests=400, concurrency=16)
-    _assert_own_sessions(result, workers=2)
+    assert_own_sessions(result, workers=2)
     assert all(len(b) <= 4 for b in result.backends_by_pid.values()), result.backends_by_pid
     # Every session ended with the server: none left behind by a request thread.
     assert settle_sessions(example_db, baseline) == baseline
@@ -194,7 +163,7 @@ def test_py_call_osafterfork_and_the_post_fork_hook_together_work(example_db: st
     """Both hooks run in each worker; the second finds nothing left to do."""
     with Server("preforked", example_db, processes=2, extra=("--py-call-osafterfork",)) as server:
         result = fire(server.url, requests=200, concurrency=8)
-    _assert_own_sessions(result, workers=2)
+    assert_own_sessions(result, workers=2)
 
 
 def test_without_master_forksafe_says_how_to_fix_it(example_db: str) -> None:

@@ -1,0 +1,51 @@
+"""Shared set-up of the real uWSGI and gunicorn server tests (test_uwsgi.py, test_gunicorn.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from forksafe._scenarios import count_sessions
+from uwsgi_examples.load import LoadResult
+from uwsgi_examples.run import migrate, missing
+
+SERVER_DRIVERS = ("psycopg", "mysqlclient")
+WORKERS = 4
+
+
+def require_server(program: str, db_url: str, driver: str) -> str:
+    """Skip (or, with CI=true, fail) what cannot run; migrate the example project's database."""
+    if driver not in SERVER_DRIVERS:
+        pytest.skip(
+            f"{program} server tests run for {' and '.join(SERVER_DRIVERS)} only (the"
+            " hooks are driver-independent; the detach per driver is tested elsewhere)"
+        )
+    reason = missing(program)
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    migrate(db_url)
+    return db_url
+
+
+def session_baseline(example_db: str) -> Iterator[int]:
+    """Server sessions before the test's server starts (this process holds none)."""
+    from django.db import connections
+
+    connections.close_all()
+    n = count_sessions(example_db)
+    assert n is not None
+    yield n
+    connections.close_all()
+
+
+def assert_own_sessions(result: LoadResult, *, workers: int | None = None) -> None:
+    """No error; every worker on its own session(s), none on the loader's."""
+    assert not result.errors, result.summary()
+    if workers is not None:
+        assert len(result.pids) == workers, result.summary()
+    assert result.on_loader_session == 0, result.summary()
+    assert result.shared_backends == {}, result.summary()
