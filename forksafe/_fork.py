@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,9 @@ class _Options:
 
 _options = _Options()
 _hooks_registered = False
+# Wrappers the last child reset left in Django's "closed inside a transaction"
+# state (forked inside transaction.atomic()); see reset_worker().
+_left_in_atomic: list[weakref.ref[BaseDatabaseWrapper]] = []
 # The pid whose connections are all its own: set at import and after each reset.
 # ``after_fork_in_child()`` in this pid is a no-op.
 _reset_pid = os.getpid()
@@ -167,6 +171,7 @@ def _reset_child(*, clean_transactions: bool) -> None:
     if pid == _reset_pid:
         return
     _reset_pid = pid
+    _left_in_atomic.clear()
     _registry.start_counting_afresh()
     _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
     me = threading.get_ident()
@@ -188,6 +193,7 @@ def _reset_child(*, clean_transactions: bool) -> None:
                     _drivers.neutralise(wrapper.connection, owned=owned, alias=entry.alias)
                 if owned and wrapper.in_atomic_block and not clean_transactions:
                     in_atomic.append(wrapper.alias)
+                    _left_in_atomic.append(weakref.ref(wrapper))
                 _forget_connection(wrapper, clean=clean_transactions)
         except Exception:
             logger.warning(
@@ -212,6 +218,27 @@ def _reset_child(*, clean_transactions: bool) -> None:
             " in the rest of that block raise, leaving it is clean",
             ", ".join(repr(a) for a in in_atomic),
         )
+
+
+def hooks_installed() -> bool:
+    """Whether ``install()`` registered the at-fork hooks in this process."""
+    return _hooks_registered
+
+
+def reset_worker() -> None:
+    """The child reset for a pool or process *worker*: no inherited transaction state.
+
+    A worker runs its tasks outside whatever ``transaction.atomic()`` block the
+    parent was in when it forked (a view under ``ATOMIC_REQUESTS`` that creates
+    a pool), so unlike a raw ``os.fork()`` child it starts clean. When the
+    at-fork hook already ran the raw-fork reset in this process, the wrappers
+    it left "closed inside a transaction" are cleaned here. No I/O.
+    """
+    _reset_child(clean_transactions=True)
+    while _left_in_atomic:
+        wrapper = _left_in_atomic.pop()()
+        if wrapper is not None and wrapper.connection is None:
+            _forget_connection(wrapper, clean=True)
 
 
 def _forget_connection(wrapper: BaseDatabaseWrapper, *, clean: bool) -> None:

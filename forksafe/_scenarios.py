@@ -28,7 +28,17 @@ __all__ = ["EXIT_PATHS", "MODES", "SCENARIOS", "Result", "configure_django", "ru
 
 EXIT_PATHS = ("os_exit", "sys_exit", "exception", "sigkill", "close_all", "orm")
 MODES = ("plain", "forksafe", "manual")
-SCENARIOS = ("fork", "fork_thread", "fork_pool", "mp_pool", "threads", "threads_any", "executor")
+SCENARIOS = (
+    "fork",
+    "fork_thread",
+    "fork_pool",
+    "mp_pool",
+    "threads",
+    "threads_any",
+    "executor",
+    "threads_timeline",
+    "ping",
+)
 
 
 @dataclass
@@ -183,6 +193,47 @@ def count_sessions(url: str) -> int | None:
         return int(row[0])
     finally:
         conn.close()
+
+
+def session_groups(alias: str = "default") -> dict[tuple[str, str], int] | None:
+    """Other client sessions on ``alias``'s database now, by (client address, state).
+
+    PostgreSQL: ``pg_stat_activity`` ``host(client_addr)`` (``"local"`` for a
+    Unix socket) and ``state``; MariaDB/MySQL: ``PROCESSLIST`` ``HOST`` without
+    its port and ``COMMAND``. None for SQLite. Like :func:`count_sessions`, it
+    uses a connection of its own, closed here, and leaves it out.
+    """
+    from django.db import connections
+
+    conn = connections.create_connection(alias)
+    try:
+        if conn.vendor == "postgresql":
+            sql = (
+                "SELECT host(client_addr), state FROM pg_stat_activity WHERE datname ="
+                " current_database() AND backend_type = 'client backend'"
+                " AND pid <> pg_backend_pid()"
+            )
+        elif conn.vendor == "mysql":
+            sql = (
+                "SELECT HOST, COMMAND FROM information_schema.PROCESSLIST"
+                " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+            )
+        else:
+            return None
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+            rows = cursor.fetchall()
+    finally:
+        conn.close()
+    groups: dict[tuple[str, str], int] = {}
+    for client, state in rows:
+        host = str(client or "local")
+        head, sep, port = host.rpartition(":")
+        if sep and port.isdigit() and conn.vendor == "mysql":
+            host = head.strip("[]")
+        key = (host, str(state or "unknown"))
+        groups[key] = groups.get(key, 0) + 1
+    return groups
 
 
 def settle_sessions(url: str, expected: int | None, timeout: float = 3.0) -> int | None:
@@ -421,7 +472,74 @@ def scenario_executor(url: str, exit_path: str, result: Result) -> None:
     result.sessions_after = settle_sessions(url, result.sessions_before, timeout=1.0)
 
 
+def scenario_threads_timeline(url: str, exit_path: str, result: Result) -> None:
+    """Server sessions over time while 50 short threads run, and after they are joined.
+
+    plain: ``threading.Thread``; forksafe: ``forksafe.Thread``. The threads start
+    10 ms apart; each runs one query and lives 200 ms more. A sampler thread
+    counts the server's sessions every ~20 ms (on a connection of its own, left
+    out of the count) until 1.5 s after the last ``join()``; no ``gc.collect()``.
+    ``extra`` gets ``samples`` (``[seconds, sessions]``), ``started``, ``joined``.
+    """
+    import gc
+
+    thread_class: type[threading.Thread] = threading.Thread
+    if result.mode == "forksafe":
+        import forksafe
+
+        thread_class = forksafe.Thread
+    gc.disable()  # no collection by chance in the middle: the curve shows the threads alone
+    samples: list[list[float]] = []
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def sampler() -> None:
+        while not stop.is_set():
+            n = count_sessions(url)
+            samples.append([round(time.monotonic() - start, 4), float(n or 0)])
+            stop.wait(0.02)
+
+    def short_task() -> None:
+        backend_id()
+        time.sleep(0.2)
+
+    watcher = threading.Thread(target=sampler)
+    watcher.start()
+    time.sleep(0.2)
+    result.sessions_before = count_sessions(url)
+    result.extra["started"] = round(time.monotonic() - start, 4)
+    threads = [thread_class(target=short_task) for _ in range(50)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    result.extra["joined"] = round(time.monotonic() - start, 4)
+    time.sleep(1.5)
+    stop.set()
+    watcher.join()
+    result.sessions_after = count_sessions(url)
+    result.extra["samples"] = samples
+    gc.enable()
+
+
+def scenario_ping(url: str, exit_path: str, result: Result) -> None:
+    """Connect once (5 s connect timeout); ``parent_error`` says why that failed."""
+    from django.db import connections
+
+    if connections.settings["default"]["ENGINE"].rsplit(".", 1)[-1] != "sqlite3":
+        connections.settings["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
+    try:
+        backend_id()
+    except Exception as exc:
+        result.parent_error = f"{type(exc).__name__}: {str(exc).strip()}"
+    finally:
+        connections.close_all()
+
+
 _SCENARIO_FUNCS = {
+    "threads_timeline": scenario_threads_timeline,
+    "ping": scenario_ping,
     "threads": scenario_threads,
     "threads_any": scenario_threads,
     "executor": scenario_executor,

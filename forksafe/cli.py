@@ -10,6 +10,7 @@ _USAGE = """usage: forksafe COMMAND [options]
 
 commands:
   demo    run the fork scenarios, plain Django vs forksafe, and print what was measured
+  doctor  check this deployment's settings, environment and databases (exit 1 on problems)
 """
 
 
@@ -24,5 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         from forksafe.demo import main as demo_main
 
         return demo_main(rest)
+    if command == "doctor":
+        from forksafe.doctor import main as doctor_main
+
+        return doctor_main(rest)
     sys.stderr.write(f"forksafe: unknown command {command!r}\n{_USAGE}")
     return 2

@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from forksafe import _registry
 from forksafe._fork import after_fork_in_child, prepare_fork
 
 __all__ = ["post_fork", "pre_fork"]
@@ -78,8 +77,7 @@ def pre_fork(*args: Any, **kwargs: Any) -> None:
     gunicorn calls it.
     """
     _check_hook_args("pre_fork", args, kwargs)
-    _registry.start_tracking()  # finds the connections opened before, without install()
-    prepare_fork()
+    prepare_fork()  # also finds the connections opened before, without install()
 
 
 def post_fork(*args: Any, **kwargs: Any) -> None:

@@ -46,7 +46,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from forksafe import _fork, _registry
+from forksafe import _fork
 
 logger = logging.getLogger("forksafe")
 
@@ -89,9 +89,8 @@ def _settings_module_to_carry() -> str | None:
 
 def _before_fork() -> None:
     """The pre-fork cleanup, in the thread about to fork (skipped if the hooks do it)."""
-    if "django.db" not in sys.modules or _fork._hooks_registered:
+    if "django.db" not in sys.modules or _fork.hooks_installed():
         return
-    _registry.start_tracking()  # idempotent; finds the wrappers connected before
     _fork.prepare_fork()
 
 
@@ -126,33 +125,14 @@ def _rebuild_process(ref: Any, _django: None) -> Any:
     return cls.__new__(cls)
 
 
-def _clean_inherited_transactions() -> None:
-    """Give this thread's wrappers clean transaction state (the worker's first step).
-
-    With ``install()``, the at-fork hook already reset the child the way a raw fork
-    child needs it: a wrapper forked inside ``transaction.atomic()`` was left in
-    Django's "closed inside a transaction" state. A worker runs its tasks outside that
-    block, so that state is cleared here (no connection is open, nothing is sent).
-    """
-    from django.conf import settings
-    from django.db import connections
-
-    if not settings.configured:
-        return
-    for wrapper in connections.all(initialized_only=True):
-        if wrapper.connection is None and (wrapper.in_atomic_block or wrapper.needs_rollback):
-            _fork._forget_connection(wrapper, clean=True)
-
-
 def _worker_started() -> None:
     """First thing in every worker: detach what was inherited, clean transaction state."""
     if "django.db" not in sys.modules:
         return  # nothing can hold a connection
-    _fork._reset_child(clean_transactions=True)
     try:
-        _clean_inherited_transactions()
+        _fork.reset_worker()
     except Exception:
-        logger.warning("forksafe: resetting the worker's transaction state failed", exc_info=True)
+        logger.warning("forksafe: resetting the worker's connections failed", exc_info=True)
 
 
 def _worker_exiting() -> None:

@@ -1,0 +1,3 @@
+"""``manage.py forksafe_doctor``."""
+
+from __future__ import annotations

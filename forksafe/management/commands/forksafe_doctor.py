@@ -1,0 +1,48 @@
+"""``manage.py forksafe_doctor``: the ``forksafe doctor`` report for this project's settings.
+
+Same options and exit codes as the console script (0 fine, 1 problems, 2 bad
+options); see :mod:`forksafe.doctor`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from forksafe import doctor
+
+
+class Command(BaseCommand):
+    """Runs :func:`forksafe.doctor.run_doctor` in the ``manage.py`` process."""
+
+    help = doctor.__doc__.splitlines()[0] if doctor.__doc__ else ""
+    requires_system_checks: list[str] = []  # the report includes forksafe's own checks
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        """Django's parser, with bad options reported on one line (exit code 2)."""
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        django_error = parser.error
+
+        def error(message: str) -> NoReturn:
+            if parser.called_from_command_line:
+                parser.exit(2, f"{parser.prog}: error: {message}\n")
+            django_error(message)
+
+        parser.error = error  # type: ignore[method-assign]
+        return parser
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """``--processes N``, ``--threads N``, ``--json``."""
+        doctor.add_arguments(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Print the report; a report with problems ends in exit code 1."""
+        report = doctor.run_doctor(options["processes"], options["threads"])
+        self.stdout.write(report.to_json() if options["json"] else report.render(), ending="")
+        if options["json"]:
+            self.stdout.write("\n", ending="")
+        if report.exit_code:
+            raise CommandError(
+                f"forksafe doctor found {len(report.problems)} problem(s)", returncode=1
+            )
