@@ -195,17 +195,32 @@ def count_sessions(url: str) -> int | None:
         conn.close()
 
 
+def own_connection(alias: str = "default") -> Any:
+    """A new wrapper for ``alias`` that is nobody else's and never uses a native pool.
+
+    Opening a pooled alias would open (and keep) the pool's ``min_size`` sessions
+    just to look at the server; this wrapper connects directly. Close it yourself.
+    """
+    from django.db import connections
+
+    conn = connections.create_connection(alias)
+    options = conn.settings_dict.get("OPTIONS")
+    if isinstance(options, dict) and options.get("pool"):
+        options = {k: v for k, v in options.items() if k != "pool"}
+        conn.settings_dict = {**conn.settings_dict, "OPTIONS": options}
+    return conn
+
+
 def session_groups(alias: str = "default") -> dict[tuple[str, str], int] | None:
     """Other client sessions on ``alias``'s database now, by (client address, state).
 
     PostgreSQL: ``pg_stat_activity`` ``host(client_addr)`` (``"local"`` for a
     Unix socket) and ``state``; MariaDB/MySQL: ``PROCESSLIST`` ``HOST`` without
     its port and ``COMMAND``. None for SQLite. Like :func:`count_sessions`, it
-    uses a connection of its own, closed here, and leaves it out.
+    uses a connection of its own (:func:`own_connection`), closed here, and
+    leaves it out.
     """
-    from django.db import connections
-
-    conn = connections.create_connection(alias)
+    conn = own_connection(alias)
     try:
         if conn.vendor == "postgresql":
             sql = (

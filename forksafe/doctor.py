@@ -121,7 +121,8 @@ class Report:
             rows += [(d, c, s, str(n)) for c, s, n, d in db.sessions]
             widths = [max(len(r[i]) for r in rows) for i in range(4)]
             for row in rows:
-                lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+                cells = (v.ljust(w) for v, w in zip(row, widths, strict=True))
+                lines.append(("  " + "  ".join(cells)).rstrip())
         problems = len(self.problems)
         lines += ["", f"{problems} problem(s) found." if problems else "No problems found."]
         return "\n".join(lines) + "\n"
@@ -324,9 +325,7 @@ def _demand(aliases: list[str], processes: int, threads: int) -> tuple[int, str]
 
 def _max_connections(alias: str) -> int | None:
     """The server's ``max_connections``; None for SQLite. Connects, so it raises if unreachable."""
-    from django.db import connections
-
-    conn = connections.create_connection(alias)
+    conn = _scenarios.own_connection(alias)
     try:
         with conn.cursor() as cursor:
             if conn.vendor == "postgresql":
@@ -426,7 +425,7 @@ def run_doctor(processes: int | None = None, threads: int | None = None) -> Repo
 
     p, t, sizing = detect_sizing(processes, threads)
     servers = detect_servers()
-    hooks = _fork._hooks_registered
+    hooks = _fork.hooks_installed()
     current = multiprocessing.get_start_method(allow_none=True)
     default = multiprocessing.get_all_start_methods()[0]
     findings = _environment_findings(hooks, servers)

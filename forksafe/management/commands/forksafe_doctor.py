@@ -22,12 +22,11 @@ class Command(BaseCommand):
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         """Django's parser, with bad options reported on one line (exit code 2)."""
         parser = super().create_parser(prog_name, subcommand, **kwargs)
-        django_error = parser.error
 
         def error(message: str) -> NoReturn:
-            if parser.called_from_command_line:
-                parser.exit(2, f"{parser.prog}: error: {message}\n")
-            django_error(message)
+            if not parser.called_from_command_line:  # call_command(): Django's behaviour
+                raise CommandError(f"Error: {message}")
+            parser.exit(2, f"{parser.prog}: error: {message}\n")
 
         parser.error = error  # type: ignore[method-assign]
         return parser

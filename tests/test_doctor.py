@@ -1,0 +1,233 @@
+"""``forksafe doctor`` and ``manage.py forksafe_doctor``: findings and exit codes, real databases.
+
+The exit-code tests run the real console script and ``python -m django
+forksafe_doctor`` (what ``manage.py`` runs) in fresh processes against the
+run's database; the session-grouping test calls :func:`run_doctor` in this
+process while it holds sessions of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from forksafe.doctor import detect_sizing, run_doctor
+
+ROOT = Path(__file__).resolve().parent.parent
+_SCRIPT = Path(sys.executable).parent / "forksafe"
+CONSOLE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "forksafe"]
+MANAGE = [sys.executable, "-m", "django", "forksafe_doctor"]
+
+needs_server = pytest.mark.skipif(
+    connections["default"].vendor == "sqlite", reason="SQLite has no server sessions"
+)
+
+
+def _run(
+    command: list[str], *args: str, settings_module: str | None = None, path: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` + ``args`` from the repository root with this run's settings."""
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = settings_module or os.environ["DJANGO_SETTINGS_MODULE"]
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (path, ROOT) if p is not None)
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
+
+
+def _settings_module(tmp_path: Path, changes: str) -> str:
+    """A settings module in ``tmp_path``: this run's test settings plus ``changes``."""
+    source = textwrap.dedent(
+        f"""
+        from tests.settings._base import settings_for
+
+        globals().update(settings_for({settings.FORKSAFE_TEST_DRIVER!r}))
+        """
+    )
+    (tmp_path / "doctor_settings.py").write_text(source + textwrap.dedent(changes))
+    return "doctor_settings"
+
+
+def _report(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def test_healthy_setup_exits_0_from_the_console_script() -> None:
+    proc = _run(CONSOLE, "doctor", "--processes", "2", "--threads", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No problems found." in proc.stdout
+    assert "fork hooks installed" in proc.stdout
+    if connections["default"].vendor != "sqlite":
+        assert "of max_connections" in proc.stdout
+        assert ": ok" in proc.stdout
+
+
+def test_healthy_setup_exits_0_from_the_management_command_as_json() -> None:
+    proc = _run(MANAGE, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = _report(proc)
+    assert report["exit_code"] == 0
+    assert report["hooks_installed"] is True
+    assert [s["error"] for s in report["databases"]] == [None]
+    assert sorted(report["databases"][0]["aliases"]) == sorted(settings.DATABASES)
+
+
+def test_unreachable_database_is_a_finding_with_exit_1_and_no_traceback(tmp_path: Path) -> None:
+    module = _settings_module(
+        tmp_path,
+        """
+        for _db in DATABASES.values():
+            if _db["ENGINE"].endswith("sqlite3"):
+                _db["NAME"] = "/nonexistent-forksafe-dir/db.sqlite3"
+            else:
+                _db["PORT"] = 1  # nothing listens there
+        """,
+    )
+    for command in (CONSOLE + ["doctor"], MANAGE):
+        proc = _run(command, settings_module=module, path=tmp_path)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "cannot connect" in proc.stdout
+        assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@needs_server
+def test_demand_above_max_connections_exits_1() -> None:
+    proc = _run(MANAGE, "--processes", "1000", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 problem(s)" in proc.stderr
+    report = _report(proc)
+    server = report["databases"][0]
+    assert server["demand"] > server["max_connections"]
+    errors = [f for f in report["findings"] if f["level"] == "error"]
+    assert len(errors) == 1
+    assert "exceeds" in errors[0]["message"]
+    assert errors[0]["message"].startswith("demand 1000 x 1 x ")
+
+
+@needs_server
+def test_demand_counts_processes_threads_and_aliases_and_native_pools() -> None:
+    report = run_doctor(processes=3, threads=5)
+    server = report.databases[0]
+    options = [db.get("OPTIONS", {}) for db in settings.DATABASES.values()]
+    pools = [o["pool"] for o in options if o.get("pool")]
+    # A pool holds max(min_size, min(threads, max_size)) sessions per process.
+    expected = 3 * 5 * (len(options) - len(pools))
+    expected += sum(3 * max(p["min_size"], min(5, p["max_size"])) for p in pools)
+    assert server.demand == expected
+    assert server.max_connections is not None and server.max_connections > 0
+
+
+@needs_server
+def test_session_grouping_shows_this_tests_own_sessions() -> None:
+    before = _groups(run_doctor())
+    held = [connections.create_connection("default") for _ in range(3)]
+    try:
+        for conn in held:
+            conn.ensure_connection()
+        after = _groups(run_doctor())
+    finally:
+        for conn in held:
+            conn.close()
+    grown = {key: n - before.get(key, 0) for key, n in after.items() if n != before.get(key, 0)}
+    assert list(grown.values()) == [3], (before, after)
+    ((client, state),) = grown
+    assert client in ("127.0.0.1", "localhost", "::1"), client  # the address, without a port
+    assert state in ("idle", "Sleep")
+
+
+def _groups(report: Any) -> dict[tuple[str, str], int]:
+    server = report.databases[0]
+    assert server.error is None, server.error
+    return {(client, state): n for client, state, n, _ in server.sessions}
+
+
+def test_forksafe_check_errors_are_findings_with_exit_1(tmp_path: Path) -> None:
+    module = _settings_module(tmp_path, 'FORKSAFE = {"TREADS": True}\n')
+    proc = _run(CONSOLE, "doctor", "--json", settings_module=module, path=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    problems = [f for f in _report(proc)["findings"] if f["level"] == "error"]
+    assert [f["topic"] for f in problems] == ["forksafe.E001"]
+    assert "'TREADS'" in problems[0]["message"]
+
+
+def test_hooks_not_installed_is_a_warning_with_exit_1(tmp_path: Path) -> None:
+    module = _settings_module(tmp_path, 'FORKSAFE = {"INSTALL": False}\n')
+    proc = _run(CONSOLE, "doctor", settings_module=module, path=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "fork hooks NOT installed" in proc.stdout
+    assert "INSTALLED_APPS" in proc.stdout
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize("command", ["console", "manage"])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--processes", "0"], "--processes: must be a whole number >= 1, not '0'"),
+        (["--threads", "many"], "--threads: must be a whole number >= 1, not 'many'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_options_exit_2_with_one_clear_line(command: str, args: list[str], says: str) -> None:
+    base = CONSOLE + ["doctor"] if command == "console" else MANAGE
+    proc = _run(base, *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert says in lines[0]
+    assert proc.stdout == ""
+
+
+@pytest.mark.nodb
+def test_console_script_without_settings_exits_2_naming_the_option() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    proc = subprocess.run(
+        [*CONSOLE, "doctor"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "forksafe doctor: error: no Django settings: pass --settings MODULE or set"
+        " DJANGO_SETTINGS_MODULE"
+    )
+
+
+@pytest.mark.nodb
+def test_console_script_with_a_missing_settings_module_exits_2() -> None:
+    proc = _run(CONSOLE, "doctor", "--settings", "no_such_settings_module")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "forksafe doctor: error: cannot load settings 'no_such_settings_module':"
+        " ModuleNotFoundError: No module named 'no_such_settings_module'"
+    ]
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize("value", [0, -1])
+def test_run_doctor_rejects_counts_below_one(value: int) -> None:
+    with pytest.raises(ValueError, match="processes must be a whole number >= 1"):
+        run_doctor(processes=value)
+
+
+@pytest.mark.nodb
+def test_sizing_comes_from_the_environment_unless_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("UWSGI_PROCESSES", "UWSGI_WORKERS", "UWSGI_THREADS", "WEB_CONCURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
+    assert detect_sizing(None, None)[:2] == (1, 1)
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert detect_sizing(None, None)[:2] == (3, 1)
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "--bind :8000 -w 6 --threads 4")
+    processes, threads, sizing = detect_sizing(None, None)
+    assert (processes, threads) == (6, 4)
+    assert "GUNICORN_CMD_ARGS --workers" in sizing
+    assert detect_sizing(2, 8)[:2] == (2, 8)
