@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -48,14 +49,16 @@ _left_in_atomic: list[weakref.ref[BaseDatabaseWrapper]] = []
 _reset_pid = os.getpid()
 
 
-def install(*, close_before_fork: bool = True, threads: bool = False) -> None:
+def install(*, close_before_fork: bool | None = None, threads: bool | None = None) -> None:
     """Make every ``os.fork()`` of this process safe for Django connections.
 
     Registers hooks with :func:`os.register_at_fork` (once per process; later
-    calls only change the options) and starts tracking every connection that
-    Django opens, in every thread. Safe to call before ``django.setup()`` --
-    the top of ``manage.py``, ``wsgi.py`` or the settings module is the best
-    place, before anything connects.
+    calls only change the options they name) and starts tracking every
+    connection that Django opens, in every thread. Safe to call before
+    ``django.setup()`` -- the top of ``manage.py``, ``wsgi.py`` or the settings
+    module is the best place, before anything connects. An option left out
+    (``None``) keeps its current value: ``close_before_fork=True`` and
+    ``threads=False`` until something sets them.
 
     ``close_before_fork``: before a fork, close the forking thread's idle
     connections (never one inside ``transaction.atomic()``, never an in-memory
@@ -76,17 +79,16 @@ def install(*, close_before_fork: bool = True, threads: bool = False) -> None:
     call in other threads. See ``forksafe.threads``.
     """
     global _hooks_registered
-    if not isinstance(close_before_fork, bool):
-        raise TypeError(
-            f"install(close_before_fork=...) takes True or False, not {close_before_fork!r}"
-        )
-    if not isinstance(threads, bool):
-        raise TypeError(f"install(threads=...) takes True or False, not {threads!r}")
-    _options.close_before_fork = close_before_fork
+    for name, value in (("close_before_fork", close_before_fork), ("threads", threads)):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"install({name}=...) takes True or False, not {value!r}")
+    if close_before_fork is not None:
+        _options.close_before_fork = close_before_fork
     _registry.start_tracking()
-    from forksafe import threads as _threads
+    if threads is not None:
+        from forksafe import threads as _threads
 
-    _threads._close_at_thread_exit(threads)
+        _threads._close_at_thread_exit(threads)
     if not _hooks_registered:
         os.register_at_fork(before=_before_fork_hook, after_in_child=_after_fork_hook)
         _hooks_registered = True
@@ -110,30 +112,33 @@ def prepare_fork() -> None:
     _registry.start_tracking()  # also finds connections opened before install()
     if not _options.close_before_fork:
         return
-    pid, me = os.getpid(), threading.get_ident()
+    pid = os.getpid()
+    in_transaction: list[str] = []
     for entry in _registry.entries():
         wrapper = entry.wrapper
-        if wrapper is None or entry.pid != pid or entry.thread_id != me:
+        if wrapper is None or entry.pid != pid or not _owned_here(entry):
             continue
         if wrapper.connection is None or _is_in_memory_sqlite(wrapper):
             continue
         if wrapper.in_atomic_block or not wrapper.autocommit:
-            warnings.warn(
-                f"forksafe: connection {wrapper.alias!r} is inside a transaction at"
-                " fork time; it stays open in the parent and the child will not use"
-                " it. Fork outside transaction.atomic() to get rid of this warning.",
-                ForkSafeWarning,
-                stacklevel=2,
-            )
+            in_transaction.append(wrapper.alias)
             continue
-        if wrapper.allow_thread_sharing:
-            continue  # another thread may be using it right now
         try:
             wrapper.close()
         except Exception:
             logger.warning(
                 "forksafe: closing connection %r before fork failed", wrapper.alias, exc_info=True
             )
+    if in_transaction:
+        # After the loop: with warnings turned into errors, every idle
+        # connection has been closed before this raises.
+        warnings.warn(
+            f"forksafe: connection(s) {', '.join(map(repr, in_transaction))} inside a"
+            " transaction at fork time stay open in the parent; the child will not use"
+            " them. Fork outside transaction.atomic() to get rid of this warning.",
+            ForkSafeWarning,
+            stacklevel=2,
+        )
 
 
 def after_fork_in_child() -> None:
@@ -173,21 +178,20 @@ def _reset_child(*, clean_transactions: bool) -> None:
     _reset_pid = pid
     _left_in_atomic.clear()
     _registry.start_counting_afresh()
+    _reinit_signal_lock()  # before start_tracking(), which may connect the receiver
     _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
-    me = threading.get_ident()
     in_atomic: list[str] = []
     for entry in list(_registry.inherited()):
         wrapper = entry.wrapper
-        # In the child, the forking thread keeps its ident; all others are gone.
-        owned = entry.thread_id == me
+        owned = _owned_here(entry)
         try:
             if wrapper is not None and owned and _is_in_memory_sqlite(wrapper):
                 # The database lives only inside this handle, and fork gave the
                 # child a private copy: keep it, as plain Django does.
                 _registry.register(wrapper)
                 continue
-            _drivers.neutralise(entry.raw, owned=owned, alias=entry.alias)
-            _registry.note_detached(entry.alias)
+            if _drivers.neutralise(entry.raw, owned=owned, alias=entry.alias) != "closed-already":
+                _registry.note_detached(entry.alias)
             if wrapper is not None:
                 if wrapper.connection is not None and wrapper.connection is not entry.raw:
                     _drivers.neutralise(wrapper.connection, owned=owned, alias=entry.alias)
@@ -218,6 +222,34 @@ def _reset_child(*, clean_transactions: bool) -> None:
             " in the rest of that block raise, leaving it is clean",
             ", ".join(repr(a) for a in in_atomic),
         )
+
+
+def _owned_here(entry: _registry.Entry) -> bool:
+    """Whether the calling thread alone may enter ``entry``'s connection.
+
+    True for a wrapper the calling thread owns and shares with no other
+    thread. In a forked child the forking thread keeps its ident and all
+    others are gone; a connection they used may be mid-query, holding a driver
+    lock that nobody will ever release, so it must not be entered.
+    """
+    if entry.thread_id != threading.get_ident():
+        return False
+    wrapper = entry.wrapper
+    return wrapper is None or not wrapper.allow_thread_sharing
+
+
+def _reinit_signal_lock() -> None:
+    """Give Django's ``connection_created`` signal a fresh lock in a forked child.
+
+    Every ``send()`` of that signal takes ``Signal.lock`` (it does not cache
+    receivers); a parent thread connecting at the moment of the fork would
+    leave it held for ever, and the child's first connect would hang -- as
+    ``logging`` re-creates its handler locks after a fork.
+    """
+    signals = sys.modules.get("django.db.backends.signals")
+    signal = getattr(signals, "connection_created", None)
+    if signal is not None:
+        signal.lock = threading.Lock()
 
 
 def hooks_installed() -> bool:

@@ -27,7 +27,11 @@ class ForkSafeConfig(AppConfig):
 
         checks.register()
         if conf.get("INSTALL"):
+            # Only the options the settings name: an explicit install() call
+            # made earlier keeps the rest.
             install(
-                close_before_fork=conf.get("CLOSE_BEFORE_FORK"),
-                threads=conf.get("THREADS"),
+                close_before_fork=conf.get_set("CLOSE_BEFORE_FORK"),
+                threads=conf.get_set("THREADS"),
             )
+            # Django runs no system checks inside a WSGI server: say it here.
+            checks.log_server_warnings()

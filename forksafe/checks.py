@@ -76,7 +76,7 @@ def _pool_aliases() -> list[str]:
 def _hooks_installed() -> bool:
     from forksafe import _fork
 
-    return _fork._hooks_registered
+    return _fork.hooks_installed()
 
 
 def _pool_without_hooks() -> list[checks.CheckMessage]:
@@ -172,8 +172,12 @@ def register() -> None:
 
 
 def log_server_warnings() -> list[checks.CheckMessage]:
-    """Log the checks that only make sense inside a server (Django won't run them there)."""
-    messages = _uwsgi_checks()
+    """Log the checks that only make sense inside a server (Django won't run them there).
+
+    W002 is left out: ``forksafe.uwsgi.install()`` already logs the missing
+    master, with what to do.
+    """
+    messages = [m for m in _uwsgi_checks() if m.id != "forksafe.W002"]
     for message in messages:
         logger.warning("%s: %s HINT: %s", message.id, message.msg, message.hint)
     return messages

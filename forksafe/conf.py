@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULTS", "get", "invalid", "unknown_keys"]
+__all__ = ["DEFAULTS", "get", "get_set", "invalid", "unknown_keys"]
 
 DEFAULTS: dict[str, bool] = {
     "INSTALL": True,
@@ -49,3 +49,12 @@ def get(key: str) -> bool:
     raw = _raw()
     value = raw.get(key, DEFAULTS[key]) if isinstance(raw, dict) else DEFAULTS[key]
     return value if isinstance(value, bool) else DEFAULTS[key]
+
+
+def get_set(key: str) -> bool | None:
+    """The value of ``key`` if the settings set it (validly), else ``None``."""
+    raw = _raw()
+    if not isinstance(raw, dict) or key not in raw:
+        return None
+    value = raw[key]
+    return value if isinstance(value, bool) else None

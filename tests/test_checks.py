@@ -111,12 +111,13 @@ def test_uwsgi_checks_are_quiet_outside_uwsgi() -> None:
     assert checks.log_server_warnings() == []
 
 
-def _ready_in_fresh_process(forksafe_setting: dict[str, Any]) -> str:
+def _ready_in_fresh_process(forksafe_setting: dict[str, Any], before: str = "") -> str:
     code = textwrap.dedent(
         f"""
         import django
         from django.conf import settings
         settings.configure(INSTALLED_APPS=["forksafe"], FORKSAFE={forksafe_setting!r})
+        {before}
         django.setup()
         from forksafe import _fork, threads
         print(_fork._hooks_registered, _fork._options.close_before_fork, threads._all_threads)
@@ -139,3 +140,10 @@ def test_app_ready_installs_nothing_when_told_not_to() -> None:
 
 def test_app_ready_survives_invalid_settings_and_leaves_them_to_the_checks() -> None:
     assert _ready_in_fresh_process({"THREADS": "yes", "TYPO": 1}) == "True True False"
+
+
+def test_app_ready_keeps_the_options_of_an_earlier_install_call() -> None:
+    before = "import forksafe; forksafe.install(close_before_fork=False, threads=True)"
+    assert _ready_in_fresh_process({}, before) == "True False True"
+    # A setting the user wrote wins over the earlier call.
+    assert _ready_in_fresh_process({"THREADS": False}, before) == "True False False"

@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -342,3 +343,47 @@ def test_child_failure_is_reported_to_the_parent() -> None:
 
     with pytest.raises(ChildFailed, match="boom in child"):
         run_in_child(child)
+
+
+def test_child_never_enters_a_shared_connection_busy_in_another_thread(
+    keep_open: None, vendor: str
+) -> None:
+    """A wrapper shared across threads may be mid-query at fork time, its driver lock held
+    by a thread the child does not have: the child detaches it without entering it."""
+    if vendor == "sqlite":
+        pytest.skip("needs a server query that blocks")
+    sleep_sql = "SELECT pg_sleep(1.5)" if vendor == "postgresql" else "SELECT SLEEP(1.5)"
+    wrapper = connections.create_connection("default")
+    wrapper.inc_thread_sharing()
+    wrapper.ensure_connection()
+    started = threading.Event()
+
+    def sleeper() -> None:
+        with wrapper.cursor() as cursor:
+            started.set()
+            cursor.execute(sleep_sql)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    started.wait(10)
+    time.sleep(0.3)  # the query is in flight: the driver holds its lock
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child: the hook ran (or hangs) before this
+            os._exit(0)
+        deadline = time.monotonic() + 10
+        status = None
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the child hung in the after-fork reset")
+        assert status is not None and os.waitstatus_to_exitcode(status) == 0
+    finally:
+        thread.join(10)
+        wrapper.dec_thread_sharing()
+        wrapper.close()
