@@ -14,8 +14,7 @@ from typing import Any, TextIO
 __all__ = ["MATPLOTLIB_MISSING", "matplotlib_missing", "plot_timeline"]
 
 MATPLOTLIB_MISSING = (
-    "forksafe demo: --plot needs matplotlib, which is not installed:"
-    " pip install 'forksafe[plot]'"
+    "forksafe demo: --plot needs matplotlib, which is not installed: pip install 'forksafe[plot]'"
 )
 
 

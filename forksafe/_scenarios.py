@@ -251,16 +251,21 @@ def session_groups(alias: str = "default") -> dict[tuple[str, str], int] | None:
     return groups
 
 
-def settle_sessions(url: str, expected: int | None, timeout: float = 3.0) -> int | None:
+def settle_sessions(
+    url: str, expected: int | None, timeout: float = 3.0, *, at_most: bool = False
+) -> int | None:
     """Count sessions until the count reaches ``expected`` or ``timeout`` passes.
 
-    A session whose client vanished (SIGKILL, ``os._exit``) ends when the
-    server reads EOF on its socket, a moment later.
+    A session whose client vanished (SIGKILL, ``os._exit``) or said goodbye
+    ends when the server has read that, a moment later. ``at_most``: stop as
+    soon as the count is ``expected`` or lower (for "nothing was left behind"
+    checks, where sessions of earlier work may still be ending).
     """
     deadline = time.monotonic() + timeout
     while True:
         n = count_sessions(url)
-        if n is None or n == expected or time.monotonic() > deadline:
+        done = n is None or n == expected or (at_most and expected is not None and n < expected)
+        if done or time.monotonic() > deadline:
             return n
         time.sleep(0.05)
 

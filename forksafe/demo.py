@@ -1,8 +1,10 @@
 """``forksafe demo``: run the scenarios, plain Django vs forksafe, and print what was measured.
 
 Every figure comes from a real run: each scenario is a fresh interpreter
-(``python -m forksafe._scenarios``) that forks for real and asks the server
-which session answered. Without ``--database`` a temporary SQLite file is used.
+(``python -m forksafe._scenarios``) that forks, starts threads or a process
+pool for real and asks the database server which session answered; the uWSGI
+rows start real uWSGI servers (``uwsgi_examples/``) and fire real requests.
+Without ``--database`` a temporary SQLite file is used.
 """
 
 from __future__ import annotations
@@ -10,12 +12,21 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from forksafe import _scenarios
 
-__all__ = ["main"]
+__all__ = ["GROUPS", "main", "run_demo"]
+
+#: What ``--only`` accepts.
+GROUPS = ("fork", "pools", "threads", "uwsgi")
+MODES = ("plain", "forksafe")
+UWSGI_WORKERS = 4
+UWSGI_REQUESTS = 200
+UWSGI_CONCURRENCY = 16
+UWSGI_TIMEOUT = 3.0  # seconds per request: a worker stuck on a shared session is an error
 
 
 @dataclass(frozen=True)
@@ -23,22 +34,33 @@ class _Row:
     title: str
     scenario: str
     exit_path: str
-    needs: str = ""  # "server" or "pool"
+    group: str
+    needs: str = ""  # "pool": Django's native pool (PostgreSQL + psycopg 3, Django 5.1+)
 
 
 ROWS = (
-    _Row("child runs ORM queries, exits", "fork", "orm"),
-    _Row("child calls connections.close_all()", "fork", "close_all"),
-    _Row("child exits via sys.exit()", "fork", "sys_exit"),
-    _Row("child dies by an uncaught exception", "fork", "exception"),
-    _Row("other parent thread holds a connection", "fork_thread", "sys_exit"),
-    _Row("fork Pool(2) after the parent queried", "mp_pool", "orm"),
-    _Row("50 short threads, joined (forksafe.Thread)", "threads", "orm"),
-    _Row("50 threading.Threads (install(threads=True))", "threads_any", "orm"),
-    _Row("8-worker executor, 200 tasks, shutdown()", "executor", "orm"),
-    _Row("native pool: child calls close_pool()", "fork_pool", "close_pool", needs="pool"),
-    _Row("native pool: child runs ORM queries", "fork_pool", "orm", needs="pool"),
+    _Row("child runs ORM queries, exits", "fork", "orm", "fork"),
+    _Row("child calls connections.close_all()", "fork", "close_all", "fork"),
+    _Row("child exits via sys.exit()", "fork", "sys_exit", "fork"),
+    _Row("child dies by an uncaught exception", "fork", "exception", "fork"),
+    _Row("other parent thread holds a connection", "fork_thread", "sys_exit", "fork"),
+    _Row("native pool: child calls close_pool()", "fork_pool", "close_pool", "fork", "pool"),
+    _Row("native pool: child runs ORM queries", "fork_pool", "orm", "fork", "pool"),
+    _Row("fork Pool(2) after the parent queried", "mp_pool", "orm", "pools"),
+    _Row("50 short threads, joined (forksafe.Thread)", "threads", "orm", "threads"),
+    _Row("50 threading.Threads (install(threads=True))", "threads_any", "orm", "threads"),
+    _Row("8-worker executor, 200 tasks, shutdown()", "executor", "orm", "threads"),
 )
+
+_EXPLANATION = """\
+'parent kept session': the parent's own server session still answers after the
+child is gone. 'child own session': a querying child got a session of its own.
+'left': server sessions left over once the child exited. forksafe runs with
+close_before_fork=False here, to show that the parent's open connection survives.
+Thread rows: 'left' counts the sessions still open once the threads were joined
+or the executor shut down, without gc.collect(); 'parent' is the main thread.
+'-': not measurable here (SQLite has no server sessions).
+"""
 
 
 def _yes_no(value: Any) -> str:
@@ -57,6 +79,20 @@ def _cells(res: dict[str, Any]) -> list[str]:
     return [parent, _yes_no(res["child_own_session"]), "-" if left is None else str(left)]
 
 
+def _verdict(res: dict[str, Any]) -> str:
+    """``ok``, or ``BROKEN`` when anything measured went wrong."""
+    broken = (
+        res["parent_error"]
+        or res["child_error"]
+        or res["parent_same_session"] is False
+        or res["child_own_session"] is False
+        or res.get("thread_same_session") is False
+        or (res.get("pool_lost") or 0) > 0
+        or (res.get("sessions_left") or 0) != 0
+    )
+    return "BROKEN" if broken else "ok"
+
+
 def _table(rows: list[list[str]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
@@ -73,54 +109,235 @@ def _has_native_pool(url: str) -> bool:
     return url.startswith("postgresql") and driver == "psycopg" and django.VERSION >= (5, 1)
 
 
-def run_demo(database: str | None, out: TextIO = sys.stdout) -> int:
-    """Run every demo row that fits ``database``; print the table. Returns an exit code."""
+class _Progress:
+    """One line per finished step, or a single updating line when ``stream`` is a TTY."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.stream, self.n = total, stream, 0
+        self.tty = stream.isatty()
+        self._start = 0.0
+
+    def begin(self, label: str, *, same_step: bool = False) -> None:
+        self.n += 0 if same_step else 1
+        self._start = time.monotonic()
+        if self.tty:
+            line = f"[{self.n:2d}/{self.total}] {label} ..."
+            self.stream.write("\r\033[K" + line[:119])
+            self.stream.flush()
+
+    def end(self, label: str, verdict: str) -> None:
+        if not self.tty:
+            seconds = time.monotonic() - self._start
+            self.stream.write(f"[{self.n:2d}/{self.total}] {label}: {verdict} ({seconds:.1f} s)\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+# --- uWSGI ---------------------------------------------------------------------------------
+
+
+def _uwsgi_examples() -> tuple[Any, Any, str | None]:
+    """(``uwsgi_examples.run``, ``uwsgi_examples.load``, why not); the modules are None
+    when the example project or the ``uwsgi`` binary is not there."""
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parent.parent
+    try:
+        import uwsgi_examples.load as load
+        import uwsgi_examples.run as run
+    except ImportError:
+        if not (checkout / "uwsgi_examples" / "run.py").exists():
+            return None, None, "uwsgi_examples/ is not installed with forksafe: run from a checkout"
+        sys.path.insert(0, str(checkout))
+        import uwsgi_examples.load as load
+        import uwsgi_examples.run as run
+    reason: str | None = run.missing("uwsgi")
+    if reason is not None:
+        return None, None, reason
+    return run, load, None
+
+
+def _uwsgi_row(run: Any, load: Any, database: str, mode: str, sqlite: bool) -> list[str]:
+    """Start the preforked example under uWSGI, fire requests, stop it; one table row."""
+    server = run.Server(
+        "preforked",
+        database,
+        forksafe="1" if mode == "forksafe" else "0",
+        processes=UWSGI_WORKERS,
+    )
+    try:
+        server.start(timeout=60)
+        res = load.fire(server.url, UWSGI_REQUESTS, UWSGI_CONCURRENCY, UWSGI_TIMEOUT)
+    except RuntimeError as exc:
+        last = str(exc).strip().splitlines()[-1:] or ["?"]
+        return [mode, "-", "-", "-", "-", "-", f"FAILED: {last[0][:60]}"]
+    finally:
+        server.stop()
+    ok = not res.errors and res.on_loader_session == 0 and not res.shared_backends
+    # SQLite's "session id" is the handle's address: only "same as the master's" means anything.
+    sessions = "-" if sqlite else str(len(res.backends))
+    return [
+        mode,
+        f"{res.requests_per_second:.0f}",
+        str(len(res.errors)),
+        str(len(res.pids)),
+        sessions,
+        str(res.on_loader_session),
+        "ok" if ok else "BROKEN",
+    ]
+
+
+# --- the demo ------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> int:
+    print(f"forksafe demo: {message}", file=sys.stderr)
+    return 2
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0].strip() if lines else text
+
+
+def run_demo(
+    database: str | None,
+    out: TextIO = sys.stdout,
+    *,
+    only: tuple[str, ...] = GROUPS,
+    plot: str | None = None,
+    progress: TextIO = sys.stderr,
+) -> int:
+    """Run every demo row of the ``only`` groups that fits ``database``; print the tables.
+
+    With ``plot``, only the sessions-over-time measurement runs and ``plot`` is
+    written (a PNG). Everything runs in child processes (scenario interpreters,
+    uWSGI servers); this process only prints. Returns the exit code: 0, or 2
+    with one line on stderr for a bad URL, an unreachable database, a missing
+    optional dependency or a scenario that failed.
+    """
     tmp = None
     if database is None:
         fd, tmp = tempfile.mkstemp(prefix="forksafe-demo-", suffix=".sqlite3")
         os.close(fd)
         database = f"sqlite:///{tmp}"
     try:
-        _scenarios.split_url(database)
-    except ValueError as exc:
-        print(f"forksafe demo: bad --database: {exc}", file=sys.stderr)
-        return 2
-    shown = database.split("@")[-1] if "@" in database else database
-    out.write(f"forksafe demo on {shown}\n")
-    out.write(
-        "'parent kept session': the parent's own server session still answers after the\n"
-        "child is gone. 'child own session': a querying child got a session of its own.\n"
-        "'left': server sessions left over once the child exited. forksafe runs with\n"
-        "close_before_fork=False here, to show that the parent's open connection survives.\n"
-        "Thread rows: 'left' counts the sessions still open once the threads were joined\n"
-        "or the executor shut down, without gc.collect(); 'parent' is the main thread.\n\n"
-    )
-    header = ["scenario", "mode", "parent kept session", "child own session", "left"]
-    table = [header]
-    pool = _has_native_pool(database)
-    try:
-        for row in ROWS:
-            if row.needs == "pool" and not pool:
-                continue
-            for mode in ("plain", "forksafe"):
-                out.write(f"  running: {row.title} ({mode}) ...\n")
-                out.flush()
-                res = _scenarios.run(row.scenario, database, exit_path=row.exit_path, mode=mode)
-                table.append([row.title, mode, *_cells(res)])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        print(f"forksafe demo: a scenario failed: {first[-1] if first else exc}", file=sys.stderr)
-        return 2
+        return _run(database, out, only, plot, progress)
     finally:
         if tmp is not None:
             os.unlink(tmp)
-    out.write("\n")
-    _table(table, out)
+
+
+def _run(
+    database: str, out: TextIO, only: tuple[str, ...], plot: str | None, progress: TextIO
+) -> int:
+    try:
+        _scenarios.split_url(database)
+    except ValueError as exc:
+        return _fail(f"bad --database: {exc}")
+    sqlite = database.startswith("sqlite")
+    if plot is not None:
+        from forksafe import _plot
+
+        if sqlite:
+            return _fail(
+                "--plot counts server sessions and SQLite has none: give --database"
+                " postgresql://... or mysql://..."
+            )
+        missing = _plot.matplotlib_missing()
+        if missing is not None:
+            print(missing, file=sys.stderr)
+            return 2
+    shown = database.split("@")[-1] if "@" in database else database
+    try:
+        ping = _scenarios.run("ping", database, mode="plain", timeout=30)
+    except RuntimeError as exc:
+        return _fail(f"cannot use {shown}: {_first_line(str(exc).splitlines()[-1])}")
+    if ping["parent_error"]:
+        return _fail(f"cannot connect to {shown}: {_first_line(ping['parent_error'])}")
+    out.write(f"forksafe demo on {shown}\n")
+    if plot is not None:
+        try:
+            _plot.plot_timeline(database, plot, shown, out)
+        except (RuntimeError, OSError) as exc:
+            return _fail(f"--plot failed: {_first_line(str(exc).splitlines()[-1])}")
+        return 0
+
+    pool = _has_native_pool(database)
+    rows = [r for r in ROWS if r.group in only and (r.needs != "pool" or pool)]
+    run = load = None
+    uwsgi_note = None
+    if "uwsgi" in only:
+        run, load, uwsgi_note = _uwsgi_examples()
+    steps = len(rows) * len(MODES) + (len(MODES) if run is not None else 0)
+    bar = _Progress(steps, progress)
+    table = [["scenario", "mode", "parent kept session", "child own session", "left", "verdict"]]
+    uwsgi_table = [
+        ["mode", "req/s", "errors", "worker pids", "sessions", "on master's session", "verdict"]
+    ]
+    try:
+        for row in rows:
+            for mode in MODES:
+                label = f"{row.title} ({mode})"
+                bar.begin(label)
+                res = _scenarios.run(row.scenario, database, exit_path=row.exit_path, mode=mode)
+                verdict = _verdict(res)
+                table.append([row.title, mode, *_cells(res), verdict])
+                bar.end(label, verdict)
+        if run is not None:
+            bar.begin("uWSGI: migrating the example project's tables")
+            run.migrate(database)
+            for mode in MODES:
+                label = f"uWSGI, {UWSGI_WORKERS} workers, {UWSGI_REQUESTS} requests ({mode})"
+                bar.begin(label, same_step=mode == MODES[0])
+                cells = _uwsgi_row(run, load, database, mode, sqlite)
+                uwsgi_table.append(cells)
+                bar.end(label, cells[-1])
+    except RuntimeError as exc:
+        bar.close()
+        first = str(exc).strip().splitlines()
+        return _fail(f"a scenario failed: {first[-1] if first else exc}")
+    except Exception as exc:  # migrate: CalledProcessError, TimeoutExpired
+        bar.close()
+        return _fail(f"uWSGI scenario failed: {type(exc).__name__}: {_first_line(str(exc))}")
+    bar.close()
+    if len(table) > 1:
+        out.write(_EXPLANATION + "\n")
+        _table(table, out)
+    if "uwsgi" in only:
+        out.write(
+            f"\nuWSGI, preforked ({UWSGI_WORKERS} workers, master = true): the master queries"
+            " the database while\nloading the app, then forks; "
+            f"{UWSGI_REQUESTS} requests, {UWSGI_CONCURRENCY} at a time,"
+            f" {UWSGI_TIMEOUT:.0f} s timeout each.\n"
+            "'sessions': distinct server sessions that answered; 'on master's session':"
+            " answers a\nworker gave over the session it inherited from the master.\n\n"
+        )
+        if uwsgi_note is not None:
+            out.write(f"skipped: {uwsgi_note}\n")
+        else:
+            _table(uwsgi_table, out)
     return 0
 
 
+def _groups(value: str) -> tuple[str, ...]:
+    import argparse
+
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [n for n in names if n not in GROUPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown group {', '.join(unknown) or repr(value)}; choose from {','.join(GROUPS)}"
+        )
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``forksafe demo``."""
+    """Entry point of ``forksafe demo``; returns the exit code."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="forksafe demo", description=__doc__.splitlines()[0])
@@ -128,7 +345,22 @@ def main(argv: list[str] | None = None) -> int:
         "--database",
         metavar="URL",
         help="postgresql://user@host/db, mysql://root@host/db (+psycopg2 / +pymysql to pick"
-        " the driver); default: a temporary SQLite file",
+        " the driver); default: a temporary SQLite file. The uWSGI rows create the example"
+        " project's tables (contenttypes, auth) there.",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="GROUPS",
+        type=_groups,
+        default=GROUPS,
+        help=f"comma-separated subset of {','.join(GROUPS)} (default: all; uwsgi needs the"
+        " uwsgi binary and a checkout of forksafe)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="instead of the tables: draw server sessions over time for 50 plain threads vs"
+        " 50 forksafe.Threads (needs a server database and pip install 'forksafe[plot]')",
     )
     args = parser.parse_args(argv)
-    return run_demo(args.database)
+    return run_demo(args.database, only=args.only, plot=args.plot)
