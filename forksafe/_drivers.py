@@ -139,7 +139,18 @@ def neutralise(raw: Any, *, owned: bool, alias: str = "?") -> str:
         if fd is None:
             return "closed-already"
         _point_at_devnull(fd)
-    except Exception:
+    except Exception as exc:
+        if driver == "MySQLdb" and "thread" in str(exc):
+            # mysqlclient 2.2+ refuses to touch a connection another thread was
+            # using at fork time (that thread does not exist here). Parking it is
+            # the safe answer: it is never deallocated, so never says COM_QUIT.
+            logger.info(
+                "forksafe: the inherited mysqlclient connection of alias %r was busy in"
+                " another thread at fork time; it is kept unused in this process",
+                alias,
+            )
+            park(raw)
+            return "parked"
         logger.warning(
             "forksafe: could not find the socket of the inherited %s connection of"
             " alias %r; it is kept open and unused in this process so that it never"
