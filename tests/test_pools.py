@@ -285,14 +285,14 @@ def test_worker_exit_closes_its_sessions_instead_of_abandoning_them(
     """
     if vendor != "postgresql":
         pytest.skip("needs PostgreSQL's per-database sessions_abandoned counter")
-    backend_id()
+    baseline = _baseline(db_url, vendor)
     before = _settled_abandoned_sessions()
     ctx = forksafe.get_context(method)
     with ctx.Pool(2, maxtasksperchild=2) as pool:
         pool.map_async(orm_task, range(6), chunksize=1).get(timeout=60)
         pool.close()
         pool.join()
-    assert settle_sessions(db_url, 1, timeout=10) == 1
+    assert settle_sessions(db_url, baseline, timeout=10) == baseline
     assert _settled_abandoned_sessions() == before
     # Control: a worker that dies without a word is counted.
     pool = ctx.Pool(1)
@@ -300,7 +300,7 @@ def test_worker_exit_closes_its_sessions_instead_of_abandoning_them(
     pool.apply(orm_task, (0,))  # served by the replacement worker
     pool.terminate()
     pool.join()
-    assert settle_sessions(db_url, 1, timeout=10) == 1
+    assert settle_sessions(db_url, baseline, timeout=10) == baseline
     deadline = time.monotonic() + 10
     while _abandoned_sessions() == before and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -147,7 +147,14 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            # ``with Server(...)`` never reaches __exit__ when __enter__ raises: stop the
+            # whole process group here, or a half-started master keeps running (and keeps
+            # its database session) after the test.
+            self.stop()
+            raise
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
