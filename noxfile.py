@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import nox
+import nox.command
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
@@ -33,15 +34,22 @@ def lint(session: nox.Session) -> None:
 def _tests(session: nox.Session, django: str) -> None:
     session.install("-e", ".[test]", DJANGO_SPECS[django])
     drivers = session.posargs or DRIVERS
+    failed = []
     for driver in drivers:
-        session.run(
-            "python",
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            env={"DJANGO_SETTINGS_MODULE": f"tests.settings.{driver}"},
-        )
+        # Every driver runs even when an earlier one failed: the log then shows all of it.
+        try:
+            session.run(
+                "python",
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                env={"DJANGO_SETTINGS_MODULE": f"tests.settings.{driver}"},
+            )
+        except nox.command.CommandFailed:
+            failed.append(driver)
+    if failed:
+        session.error(f"tests failed for: {', '.join(failed)}")
 
 
 for _python, _django, _ci in MATRIX:
