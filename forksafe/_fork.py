@@ -20,7 +20,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from forksafe import _drivers, _registry
+from forksafe import _conn, _drivers, _registry
+from forksafe._conn import ForkSafeWarning, forget_connection, is_in_memory_sqlite
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("forksafe")
 
 __all__ = ["ForkSafeWarning", "after_fork_in_child", "install", "prepare_fork"]
-
-
-class ForkSafeWarning(RuntimeWarning):
-    """Something forksafe could not make safe by itself; the message says what to do."""
 
 
 @dataclass
@@ -72,7 +69,8 @@ def install(*, close_before_fork: bool | None = None, threads: bool | None = Non
     first connection a thread opens puts a small guard object into a
     ``threading.local`` of that thread; CPython frees it while clearing the
     ending thread's state, in that thread and before ``join()`` returns, and
-    the guard then closes the connections it saw opened there. Cost: one
+    the guard then closes that thread's connections, which the registry
+    records with their owning thread. Cost: one
     ``threading.local`` lookup per new connection and one object per thread
     that connected; nothing per query. Not covered: threads killed by
     interpreter exit (daemon threads), and connections opened before this
@@ -118,13 +116,9 @@ def prepare_fork() -> None:
         wrapper = entry.wrapper
         if wrapper is None or entry.pid != pid or not _owned_here(entry):
             continue
-        if wrapper.connection is None or _is_in_memory_sqlite(wrapper):
-            continue
-        if wrapper.in_atomic_block or not wrapper.autocommit:
-            in_transaction.append(wrapper.alias)
-            continue
         try:
-            wrapper.close()
+            if _conn.close_owned(wrapper, in_atomic="keep", shared="skip") == "in-transaction":
+                in_transaction.append(wrapper.alias)
         except Exception:
             logger.warning(
                 "forksafe: closing connection %r before fork failed", wrapper.alias, exc_info=True
@@ -185,7 +179,7 @@ def _reset_child(*, clean_transactions: bool) -> None:
         wrapper = entry.wrapper
         owned = _owned_here(entry)
         try:
-            if wrapper is not None and owned and _is_in_memory_sqlite(wrapper):
+            if wrapper is not None and owned and is_in_memory_sqlite(wrapper):
                 # The database lives only inside this handle, and fork gave the
                 # child a private copy: keep it, as plain Django does.
                 _registry.register(wrapper)
@@ -198,7 +192,7 @@ def _reset_child(*, clean_transactions: bool) -> None:
                 if owned and wrapper.in_atomic_block and not clean_transactions:
                     in_atomic.append(wrapper.alias)
                     _left_in_atomic.append(weakref.ref(wrapper))
-                _forget_connection(wrapper, clean=clean_transactions)
+                forget_connection(wrapper, clean=clean_transactions)
         except Exception:
             logger.warning(
                 "forksafe: resetting inherited connection %r (%s) failed; the wrapper"
@@ -270,33 +264,7 @@ def reset_worker() -> None:
     while _left_in_atomic:
         wrapper = _left_in_atomic.pop()()
         if wrapper is not None and wrapper.connection is None:
-            _forget_connection(wrapper, clean=True)
-
-
-def _forget_connection(wrapper: BaseDatabaseWrapper, *, clean: bool) -> None:
-    """Make ``wrapper`` forget its (already neutralised) connection, without I/O."""
-    # The parent's on_commit callbacks belong to the parent's transaction.
-    wrapper.run_on_commit = []
-    wrapper.connection = None
-    if wrapper.in_atomic_block and not clean:
-        # What BaseDatabaseWrapper.close() does inside atomic: ensure_connection()
-        # then refuses to reconnect, Atomic.__exit__ cleans up.
-        wrapper.closed_in_transaction = True
-        wrapper.needs_rollback = True
-        return
-    # What BaseDatabaseWrapper.connect() resets, for wrappers that start afresh.
-    wrapper.in_atomic_block = False
-    wrapper.savepoint_ids = []
-    wrapper.atomic_blocks = []
-    wrapper.needs_rollback = False
-    wrapper.closed_in_transaction = False
-    wrapper.commit_on_exit = True
-    wrapper.savepoint_state = 0
-
-
-def _is_in_memory_sqlite(wrapper: BaseDatabaseWrapper) -> bool:
-    is_in_memory = getattr(wrapper, "is_in_memory_db", None)
-    return wrapper.vendor == "sqlite" and callable(is_in_memory) and bool(is_in_memory())
+            forget_connection(wrapper, clean=True)
 
 
 def _before_fork_hook() -> None:

@@ -20,6 +20,12 @@ later): the weakref callback then sees a foreign pid and points the socket at
 ``/dev/null`` before letting the raw connection go. mysqlclient is the driver
 that needs this: its deallocation sends ``COM_QUIT`` without checking the pid.
 
+Entries are also indexed by ``(pid, thread_id)`` (:func:`entries_of_thread`),
+so that a thread can find its own connections in O(1) -- ``forksafe.threads``
+does it between two executor tasks and when a thread ends. The index is a
+hint kept beside ``_entries``, which is the truth: a lookup returns only
+entries that are still current there.
+
 No lock is used: every mutation is a single ``dict`` operation, atomic under
 the GIL, so a fork can never leave the child waiting for a lock that a thread
 of the parent held.
@@ -28,6 +34,7 @@ of the parent held.
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import sys
 import weakref
@@ -45,10 +52,12 @@ __all__ = [
     "UNKNOWN_PID",
     "Entry",
     "entries",
+    "entries_of_thread",
     "forget",
     "inherited",
     "note_detached",
     "register",
+    "set_connect_hook",
     "start_counting_afresh",
     "start_tracking",
     "stats",
@@ -66,9 +75,13 @@ class Entry:
     thread_id: int
     vendor: str
     driver: str = field(init=False)
+    # Unique in this process, increasing: tells entries of a thread that ended
+    # from those of a later thread that got the same ident.
+    seq: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.driver = _drivers.driver_of(self.raw)
+        self.seq = next(_seq)
 
     @property
     def wrapper(self) -> BaseDatabaseWrapper | None:
@@ -76,14 +89,51 @@ class Entry:
 
 
 _entries: dict[int, Entry] = {}
+# (pid, thread_id) -> {key: entry}: the same entries, by owning thread.
+_by_thread: dict[tuple[int, int], dict[int, Entry]] = {}
+_prune_at = 256  # buckets before empty ones are dropped; doubles when few are empty
+_seq = itertools.count()  # next() is atomic under the GIL
 _tracking = False
+_connect_hook: Callable[[BaseDatabaseWrapper], None] | None = None
 # Per alias, in this process only (a forked child starts from zero).
 _opened: Counter[str] = Counter()
 _detached: Counter[str] = Counter()
 
 
+def _index(key: int, entry: Entry) -> None:
+    thread = (entry.pid, entry.thread_id)
+    bucket = _by_thread.setdefault(thread, {})
+    bucket[key] = entry
+    if _by_thread.get(thread) is not bucket:  # pruned meanwhile by another thread
+        _by_thread.setdefault(thread, {})[key] = entry
+
+
+def _unindex(key: int, entry: Entry) -> None:
+    bucket = _by_thread.get((entry.pid, entry.thread_id))
+    if bucket is not None and bucket.get(key) is entry:
+        bucket.pop(key, None)
+
+
+def _prune() -> None:
+    """Drop empty buckets (threads that ended and whose wrappers were collected)."""
+    global _prune_at
+    for thread, bucket in list(_by_thread.items()):
+        if bucket:
+            continue
+        popped = _by_thread.pop(thread, None)
+        # Another thread may have indexed into it meanwhile: put it back.
+        for again in (bucket, popped):
+            if again:
+                current = _by_thread.setdefault(thread, again)
+                if current is not again:
+                    current.update(again)
+    _prune_at = max(256, 2 * len(_by_thread))
+
+
 def _on_wrapper_collected(key: int) -> None:
     entry = _entries.pop(key, None)
+    if entry is not None:
+        _unindex(key, entry)
     if entry is not None and entry.pid != os.getpid():
         # Collected in a child before the reset ran: detach before the raw
         # connection's own deallocation can say goodbye on the shared socket.
@@ -113,7 +163,7 @@ def register(wrapper: BaseDatabaseWrapper, *, pid: int | None = None) -> None:
         ref = weakref.ref(wrapper, _collected_callback(key))
     if pid is None or pid == os.getpid():
         _opened[wrapper.alias] += 1
-    _entries[key] = Entry(
+    entry = Entry(
         wrapper_ref=ref,
         alias=wrapper.alias,
         raw=raw,
@@ -122,6 +172,12 @@ def register(wrapper: BaseDatabaseWrapper, *, pid: int | None = None) -> None:
         thread_id=getattr(wrapper, "_thread_ident", 0),
         vendor=wrapper.vendor,
     )
+    _entries[key] = entry
+    if old is not None:
+        _unindex(key, old)
+    if (entry.pid, entry.thread_id) not in _by_thread and len(_by_thread) >= _prune_at:
+        _prune()
+    _index(key, entry)
 
 
 def forget(entry: Entry) -> None:
@@ -130,16 +186,33 @@ def forget(entry: Entry) -> None:
     key = id(wrapper) if wrapper is not None else None
     if key is not None and _entries.get(key) is entry:
         del _entries[key]
+        _unindex(key, entry)
     else:
         for k, e in list(_entries.items()):
             if e is entry:
                 _entries.pop(k, None)
+                _unindex(k, entry)
 
 
 def _on_connection_created(
     sender: object, connection: BaseDatabaseWrapper, **kwargs: object
 ) -> None:
     register(connection)
+    hook = _connect_hook
+    if hook is not None:
+        hook(connection)
+
+
+def set_connect_hook(hook: Callable[[BaseDatabaseWrapper], None] | None) -> None:
+    """Call ``hook(wrapper)`` after registering each new connection (``None``: no hook).
+
+    The hook runs in the thread that connected, right after the entry is
+    recorded; an exception it raises propagates out of Django's ``connect()``.
+    One hook at a time: ``forksafe.threads`` uses it to give a thread its
+    guard at the thread's first connection.
+    """
+    global _connect_hook
+    _connect_hook = hook
 
 
 UNKNOWN_PID = -1
@@ -170,6 +243,19 @@ def start_tracking(*, existing_pid: int | None = None) -> None:
 def entries() -> list[Entry]:
     """A snapshot of every entry, whatever process opened it."""
     return list(_entries.values())
+
+
+def entries_of_thread(pid: int, thread_id: int) -> list[Entry]:
+    """The entries of wrappers owned by thread ``thread_id`` whose connection ``pid`` opened.
+
+    O(number of such entries). Meant for the owning thread itself (between
+    two tasks, when it ends); other threads may see a snapshot that is
+    already out of date.
+    """
+    bucket = _by_thread.get((pid, thread_id))
+    if not bucket:
+        return []
+    return [entry for key, entry in list(bucket.items()) if _entries.get(key) is entry]
 
 
 def inherited() -> Iterator[Entry]:

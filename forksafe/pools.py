@@ -46,7 +46,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from forksafe import _fork
+from forksafe import _conn, _fork
 
 logger = logging.getLogger("forksafe")
 
@@ -146,7 +146,8 @@ def _worker_exiting() -> None:
         return
     for wrapper in connections.all(initialized_only=True):
         try:
-            wrapper.close()
+            # The worker is ending: close even inside atomic or shared with its threads.
+            _conn.close_owned(wrapper, in_atomic="close", shared="close")
             pools = getattr(type(wrapper), "_connection_pools", None)
             if pools and wrapper.alias in pools:
                 wrapper.close_pool()  # type: ignore[attr-defined]

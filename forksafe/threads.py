@@ -30,7 +30,9 @@ with the GIL held, before ``Thread.join()`` returns (3.11: before the
 ``_tstate_lock`` is released; 3.13: before ``thread_is_exiting`` is
 signalled). Clearing the state frees the thread's ``threading.local`` data, so
 the guard's ``__del__`` runs in the ending thread itself, which may therefore
-close the wrappers it recorded. The guard only closes anything if it runs in
+close the thread's wrappers: it looks them up in forksafe's registry of
+connected wrappers (``_registry.entries_of_thread``), which records each
+wrapper's owning thread. The guard only closes anything if it runs in
 the thread and the process that created it: in a forked child (CPython drops
 the other threads' states from the surviving thread) and at interpreter
 shutdown (daemon threads' states are cleared by the main thread) it does
@@ -44,14 +46,12 @@ import logging
 import os
 import sys
 import threading
-import warnings
-import weakref
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from contextlib import ContextDecorator
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from forksafe import _fork
+from forksafe import _conn, _registry
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -96,47 +96,28 @@ def _handler_wrappers() -> list[BaseDatabaseWrapper]:
     return [] if handler is None else list(handler.all(initialized_only=True))
 
 
-def _close_wrapper(wrapper: BaseDatabaseWrapper, *, in_atomic: Literal["close", "warn"]) -> None:
-    """Close ``wrapper``'s connection; the caller is the owning thread.
-
-    ``in_atomic="close"``: a connection left inside ``atomic`` (the code that
-    opened the block is gone) is closed -- the server rolls the transaction
-    back -- and the wrapper's transaction state is reset, so that the next
-    use in this thread starts clean. ``"warn"``: it is left open with a
-    :class:`ForkSafeWarning`, because an enclosing block is still running.
-    """
-    if wrapper.connection is None or _fork._is_in_memory_sqlite(wrapper):
-        return  # Django never closes an in-memory SQLite database either
-    if wrapper.in_atomic_block:
-        if in_atomic == "warn":
-            warnings.warn(
-                f"forksafe: connection {wrapper.alias!r} is inside transaction.atomic();"
-                " it is left open. Close connections outside atomic blocks.",
-                _fork.ForkSafeWarning,
-                stacklevel=5,
-            )
-            return
-        try:
-            wrapper.close()
-        finally:
-            _fork._forget_connection(wrapper, clean=True)
-        return
-    wrapper.close()
-
-
 def _close_all(
     wrappers: Iterable[BaseDatabaseWrapper], *, in_atomic: Literal["close", "warn"]
 ) -> list[BaseException]:
-    """Close each of ``wrappers`` owned by the calling thread; return the errors."""
-    me = threading.get_ident()
+    """Close each of ``wrappers`` owned by the calling thread; return the errors.
+
+    A wrapper that another thread shares with this one is its owner's to close
+    and is skipped; one this thread owns and shares is closed (the owner is
+    done with it). ``in_atomic="close"``: a connection left inside ``atomic``
+    (the code that opened the block is gone) is closed -- the server rolls the
+    transaction back -- and the wrapper's transaction state reset, so that the
+    next use in this thread starts clean. ``"warn"``: it is left open with a
+    :class:`ForkSafeWarning`, because an enclosing block is still running.
+    An in-memory SQLite database is never closed (nor is it by Django).
+    """
     errors: list[BaseException] = []
     seen: set[int] = set()
     for wrapper in wrappers:
-        if id(wrapper) in seen or getattr(wrapper, "_thread_ident", None) != me:
-            continue  # shared with this thread by its owner: not ours to close
+        if id(wrapper) in seen:
+            continue
         seen.add(id(wrapper))
         try:
-            _close_wrapper(wrapper, in_atomic=in_atomic)
+            _conn.close_owned(wrapper, in_atomic=in_atomic, shared="close")
         except Exception as exc:
             errors.append(exc)
     return errors
@@ -159,30 +140,38 @@ def _close_thread_connections(*, in_atomic: Literal["close", "warn"]) -> None:
 class _Guard:
     """Lives in one thread's ``threading.local``; its ``__del__`` runs when that thread ends.
 
-    It records (weakly) every wrapper connected in its thread while it exists
-    and closes those that are still connected. ``__del__`` runs during
+    Its wrappers are the registry's entries of its (pid, thread): those
+    Django's ``connections`` held when it was created and every wrapper of the
+    thread connected since; ``__del__`` closes those still connected. Entries
+    of an earlier thread that had the same ident (idents are reused) are
+    recorded as ``stale`` at creation and left alone. ``__del__`` runs during
     ``PyThreadState_Clear``: it must not call ``threading.current_thread()``
     (nor log, which does), because the ``Thread`` is already unregistered and
     that would create a stray ``_DummyThread``. A failure is raised from
     ``__del__``, which Python reports as "Exception ignored in".
     """
 
-    __slots__ = ("_refs", "pid", "thread_id")
+    __slots__ = ("pid", "stale", "thread_id")
 
-    def __init__(self) -> None:
+    def __init__(self, connecting: BaseDatabaseWrapper | None = None) -> None:
         self.pid = os.getpid()
         self.thread_id = threading.get_ident()
-        self._refs: dict[int, weakref.ref[BaseDatabaseWrapper]] = {}
-
-    def track(self, wrapper: BaseDatabaseWrapper) -> None:
-        refs = self._refs
-        if len(refs) >= 16:  # drop collected wrappers (temporary ones, new aliases)
-            for key in [k for k, ref in refs.items() if ref() is None]:
-                del refs[key]
-        refs[id(wrapper)] = weakref.ref(wrapper)
+        current = {id(w) for w in _handler_wrappers()}
+        if connecting is not None:
+            current.add(id(connecting))
+        self.stale = frozenset(
+            entry.seq
+            for entry in _registry.entries_of_thread(self.pid, self.thread_id)
+            if id(entry.wrapper) not in current
+        )
 
     def wrappers(self) -> list[BaseDatabaseWrapper]:
-        return [w for ref in list(self._refs.values()) if (w := ref()) is not None]
+        stale = self.stale
+        return [
+            wrapper
+            for entry in _registry.entries_of_thread(self.pid, self.thread_id)
+            if (wrapper := entry.wrapper) is not None and entry.seq not in stale
+        ]
 
     def __del__(self) -> None:
         try:
@@ -198,44 +187,26 @@ class _Guard:
 
 _local = threading.local()
 _all_threads = False  # install(threads=True)
-_receiver_connected = False
 
 
-def _current_guard(*, create: bool) -> _Guard | None:
+def _current_guard(*, create: bool, connecting: BaseDatabaseWrapper | None = None) -> _Guard | None:
     guard: _Guard | None = getattr(_local, "guard", None)
     if guard is not None and guard.pid != os.getpid():
         guard = None  # inherited by a forked child: the parent's business
     if guard is None and create:
-        guard = _Guard()
-        for wrapper in _handler_wrappers():
-            if wrapper.connection is not None:
-                guard.track(wrapper)
+        guard = _Guard(connecting)
         _local.guard = guard
     return guard
 
 
-def _on_connection_created(
-    sender: object, connection: BaseDatabaseWrapper, **kwargs: object
-) -> None:
-    """``connection_created`` receiver: runs in the thread that connected."""
-    guard = _current_guard(create=_all_threads)
-    if guard is not None:
-        guard.track(connection)
-
-
-def _connect_receiver() -> None:
-    global _receiver_connected
-    if _receiver_connected:
-        return
-    from django.db.backends.signals import connection_created
-
-    connection_created.connect(_on_connection_created, weak=False, dispatch_uid="forksafe.threads")
-    _receiver_connected = True
+def _on_connect(wrapper: BaseDatabaseWrapper) -> None:
+    """The registry's connect hook under ``install(threads=True)``, in the connecting thread."""
+    _current_guard(create=True, connecting=wrapper)
 
 
 def _guard_this_thread() -> None:
     """Close the calling thread's connections when it ends (it is not the main thread)."""
-    _connect_receiver()
+    _registry.start_tracking()
     _current_guard(create=True)
 
 
@@ -251,9 +222,12 @@ def _close_at_thread_exit(enabled: bool) -> None:
     """
     global _all_threads
     if enabled:
-        _connect_receiver()
+        _registry.start_tracking()
+        _registry.set_connect_hook(_on_connect)
         if threading.current_thread() is not threading.main_thread():
             _current_guard(create=True)
+    else:
+        _registry.set_connect_hook(None)
     _all_threads = enabled
 
 
@@ -317,16 +291,16 @@ def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any
 def _between_tasks() -> None:
     """Django's request-boundary rules, applied in a worker thread between two tasks.
 
-    For each connection this worker opened (its guard saw them all, see
-    :func:`_start_worker`): one still inside ``atomic`` (a task entered a block
-    and never left it) is closed and its transaction state reset -- the server
-    rolls back; every other one gets Django's own
-    ``close_if_unusable_or_obsolete()``, the per-connection rule of
-    :func:`django.db.close_old_connections` (``CONN_MAX_AGE``,
+    For each connection this worker opened (the registry records every one
+    with its owning thread, see :func:`_start_worker`): one still inside
+    ``atomic`` (a task entered a block and never left it) is closed and its
+    transaction state reset -- the server rolls back; every other one gets
+    Django's own ``close_if_unusable_or_obsolete()``, the per-connection rule
+    of :func:`django.db.close_old_connections` (``CONN_MAX_AGE``,
     ``CONN_HEALTH_CHECKS``, autocommit left off, errors that made the
-    connection unusable). Going through the guard's list rather than Django's
-    ``connections`` costs about 3 µs instead of 15 µs. Failures are logged,
-    never raised into the task's future.
+    connection unusable). Going through the registry's per-thread index
+    rather than Django's ``connections`` costs about 3 µs instead of 15 µs.
+    Failures are logged, never raised into the task's future.
     """
     guard = _current_guard(create=True)
     assert guard is not None
@@ -341,7 +315,7 @@ def _between_tasks() -> None:
                     " it is closed (the server rolls back) before the next task",
                     wrapper.alias,
                 )
-                _close_wrapper(wrapper, in_atomic="close")
+                _conn.close_owned(wrapper, in_atomic="close", shared="close")
             else:
                 wrapper.close_if_unusable_or_obsolete()
         except Exception:

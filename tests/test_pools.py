@@ -83,7 +83,7 @@ def keep_parent_connection() -> Iterator[None]:
     """``install(close_before_fork=False)``: the parent's session must survive untouched."""
     forksafe.install(close_before_fork=False)
     yield
-    forksafe.install()
+    forksafe.install(close_before_fork=True)  # the test-suite's setting
 
 
 def _baseline(url: str, vendor: str) -> int | None:

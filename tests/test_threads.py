@@ -534,7 +534,7 @@ def threads_installed() -> Iterator[None]:
     try:
         yield
     finally:
-        forksafe.install()  # the test-suite's settings: threads=False
+        forksafe.install(threads=False)  # the test-suite's setting
 
 
 def test_install_threads_closes_plain_threads_connections(

@@ -1,0 +1,127 @@
+"""Closing a wrapper in the thread that owns it: the one rule the fork, thread and pool code share.
+
+Every place where forksafe closes a connection on a thread's or process's
+behalf -- before a fork (``_fork.prepare_fork``), when a thread or an
+executor task ends (``threads``), when a pool worker exits (``pools``) --
+runs in the thread that owns the wrapper, because Django forbids closing it
+from any other (``validate_thread_sharing``). They differ only in what to do
+with a connection inside a transaction and with one the owner shares with
+other threads; :func:`close_owned` takes both as arguments.
+
+This module sits beside ``_registry``: it uses Django's wrapper API and
+nothing of forksafe.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+__all__ = [
+    "ForkSafeWarning",
+    "Outcome",
+    "close_owned",
+    "forget_connection",
+    "is_in_memory_sqlite",
+]
+
+Outcome = Literal["closed", "in-transaction", "skipped"]
+
+
+class ForkSafeWarning(RuntimeWarning):
+    """Something forksafe could not make safe by itself; the message says what to do.
+
+    Public as ``forksafe.ForkSafeWarning``; defined here, below every module that warns.
+    """
+
+
+def is_in_memory_sqlite(wrapper: BaseDatabaseWrapper) -> bool:
+    """Whether ``wrapper`` is an in-memory SQLite database (its data lives in the handle)."""
+    is_in_memory = getattr(wrapper, "is_in_memory_db", None)
+    return wrapper.vendor == "sqlite" and callable(is_in_memory) and bool(is_in_memory())
+
+
+def forget_connection(wrapper: BaseDatabaseWrapper, *, clean: bool) -> None:
+    """Make ``wrapper`` forget its (closed or neutralised) connection, without I/O.
+
+    ``clean``: reset the transaction state too (the wrapper starts afresh);
+    otherwise a wrapper inside ``atomic`` is left the way Django leaves a
+    connection closed inside a transaction.
+    """
+    # The on_commit callbacks belong to the transaction that is gone.
+    wrapper.run_on_commit = []
+    wrapper.connection = None
+    if wrapper.in_atomic_block and not clean:
+        # What BaseDatabaseWrapper.close() does inside atomic: ensure_connection()
+        # then refuses to reconnect, Atomic.__exit__ cleans up.
+        wrapper.closed_in_transaction = True
+        wrapper.needs_rollback = True
+        return
+    # What BaseDatabaseWrapper.connect() resets, for wrappers that start afresh.
+    wrapper.in_atomic_block = False
+    wrapper.savepoint_ids = []
+    wrapper.atomic_blocks = []
+    wrapper.needs_rollback = False
+    wrapper.closed_in_transaction = False
+    wrapper.commit_on_exit = True
+    wrapper.savepoint_state = 0
+
+
+def close_owned(
+    wrapper: BaseDatabaseWrapper,
+    *,
+    in_atomic: Literal["keep", "warn", "close"],
+    shared: Literal["skip", "close"],
+) -> Outcome:
+    """Close ``wrapper``'s connection if the calling thread owns it; say what happened.
+
+    Runs in the calling thread and only ever closes a wrapper that thread
+    owns (created): another thread's wrapper, even one shared with the caller
+    through ``inc_thread_sharing()``, is ``"skipped"`` -- it is its owner's to
+    close. Also skipped: a wrapper without a connection and an in-memory SQLite
+    database (Django never closes one either: the data lives in the handle).
+
+    ``shared``: what to do with a wrapper the caller owns but shares with
+    other threads (``allow_thread_sharing``): ``"skip"`` it (they may be using
+    it right now), or ``"close"`` it (the owner is ending).
+
+    ``in_atomic``: a connection inside a transaction is
+
+    * ``"keep"``: left open (inside ``atomic`` *or* with autocommit off) and
+      reported as ``"in-transaction"``; the caller says so once for all;
+    * ``"warn"``: left open (inside ``atomic``) with a ``ForkSafeWarning``
+      pointing ``stacklevel=5`` frames up, and reported as ``"in-transaction"``;
+    * ``"close"``: closed -- the server rolls the transaction back -- and the
+      wrapper's transaction state reset, so its next use starts clean.
+
+    Errors of ``close()`` propagate.
+    """
+    if getattr(wrapper, "_thread_ident", None) != threading.get_ident():
+        return "skipped"
+    if shared == "skip" and wrapper.allow_thread_sharing:
+        return "skipped"
+    if wrapper.connection is None or is_in_memory_sqlite(wrapper):
+        return "skipped"
+    if in_atomic == "keep":
+        if wrapper.in_atomic_block or not wrapper.autocommit:
+            return "in-transaction"
+    elif wrapper.in_atomic_block:
+        if in_atomic == "warn":
+            warnings.warn(
+                f"forksafe: connection {wrapper.alias!r} is inside transaction.atomic();"
+                " it is left open. Close connections outside atomic blocks.",
+                ForkSafeWarning,
+                stacklevel=5,
+            )
+            return "in-transaction"
+        try:
+            wrapper.close()
+        finally:
+            forget_connection(wrapper, clean=True)
+        return "closed"
+    wrapper.close()
+    return "closed"
