@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from forksafe import _sessions
+
 __all__ = ["EXIT_PATHS", "MODES", "SCENARIOS", "Result", "configure_django", "run"]
 
 EXIT_PATHS = ("os_exit", "sys_exit", "exception", "sigkill", "close_all", "orm")
@@ -169,84 +171,25 @@ def count_sessions(url: str) -> int | None:
     """Client sessions on the server for the database at ``url`` (None for SQLite).
 
     Uses a connection of its own, opened and closed here, and leaves it out of
-    the count.
+    the count. (``url`` names the database the caller configured as ``default``.)
     """
-    from django.db import connections
-
-    conn = connections.create_connection("default")
-    try:
-        if conn.vendor == "sqlite":
-            return None
-        with conn.cursor() as cursor:
-            if conn.vendor == "postgresql":
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-                )
-            else:
-                cursor.execute(
-                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
-                    " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
-                )
-            row = cursor.fetchone()
-        assert row is not None
-        return int(row[0])
-    finally:
-        conn.close()
-
-
-def own_connection(alias: str = "default") -> Any:
-    """A new wrapper for ``alias`` that is nobody else's and never uses a native pool.
-
-    Opening a pooled alias would open (and keep) the pool's ``min_size`` sessions
-    just to look at the server; this wrapper connects directly. Close it yourself.
-    """
-    from django.db import connections
-
-    conn = connections.create_connection(alias)
-    options = conn.settings_dict.get("OPTIONS")
-    if isinstance(options, dict) and options.get("pool"):
-        options = {k: v for k, v in options.items() if k != "pool"}
-        conn.settings_dict = {**conn.settings_dict, "OPTIONS": options}
-    return conn
+    sessions = _sessions.list_sessions("default")
+    return None if sessions is None else len(sessions)
 
 
 def session_groups(alias: str = "default") -> dict[tuple[str, str], int] | None:
     """Other client sessions on ``alias``'s database now, by (client address, state).
 
-    PostgreSQL: ``pg_stat_activity`` ``host(client_addr)`` (``"local"`` for a
-    Unix socket) and ``state``; MariaDB/MySQL: ``PROCESSLIST`` ``HOST`` without
-    its port and ``COMMAND``. None for SQLite. Like :func:`count_sessions`, it
-    uses a connection of its own (:func:`own_connection`), closed here, and
-    leaves it out.
+    PostgreSQL: ``host(client_addr)`` (``"local"`` for a Unix socket) and
+    ``state``; MariaDB/MySQL: ``HOST`` without its port and ``COMMAND``. None
+    for SQLite.
     """
-    conn = own_connection(alias)
-    try:
-        if conn.vendor == "postgresql":
-            sql = (
-                "SELECT host(client_addr), state FROM pg_stat_activity WHERE datname ="
-                " current_database() AND backend_type = 'client backend'"
-                " AND pid <> pg_backend_pid()"
-            )
-        elif conn.vendor == "mysql":
-            sql = (
-                "SELECT HOST, COMMAND FROM information_schema.PROCESSLIST"
-                " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
-            )
-        else:
-            return None
-        with conn.cursor() as cursor:
-            cursor.execute(sql)
-            rows = cursor.fetchall()
-    finally:
-        conn.close()
+    sessions = _sessions.list_sessions(alias)
+    if sessions is None:
+        return None
     groups: dict[tuple[str, str], int] = {}
-    for client, state in rows:
-        host = str(client or "local")
-        head, sep, port = host.rpartition(":")
-        if sep and port.isdigit() and conn.vendor == "mysql":
-            host = head.strip("[]")
-        key = (host, str(state or "unknown"))
+    for session in sessions:
+        key = (session.host, session.state)
         groups[key] = groups.get(key, 0) + 1
     return groups
 

@@ -37,7 +37,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import NoReturn
 
-from forksafe import _scenarios, conf
+from forksafe import _scenarios, _sessions, conf
 
 __all__ = ["DatabaseServer", "Finding", "Report", "add_arguments", "main", "run_doctor"]
 
@@ -325,7 +325,7 @@ def _demand(aliases: list[str], processes: int, threads: int) -> tuple[int, str]
 
 def _max_connections(alias: str) -> int | None:
     """The server's ``max_connections``; None for SQLite. Connects, so it raises if unreachable."""
-    conn = _scenarios.own_connection(alias)
+    conn = _sessions.own_connection(alias)
     try:
         with conn.cursor() as cursor:
             if conn.vendor == "postgresql":

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from forksafe import _registry
+from forksafe import _registry, _sessions
 
 __all__ = ["ConnectionLeak", "assert_no_connection_leaks"]
 
@@ -56,38 +56,10 @@ def _database_key(alias: str) -> tuple[Any, ...]:
 
 def _server_sessions(alias: str) -> list[tuple[str, int | None]] | None:
     """``(description, client port)`` of the other client sessions on ``alias``'s database."""
-    from django.db import connections
-
-    conn = connections.create_connection(alias)
-    try:
-        if conn.vendor == "postgresql":
-            sql = (
-                "SELECT pid, client_port FROM pg_stat_activity WHERE datname ="
-                " current_database() AND backend_type = 'client backend'"
-                " AND pid <> pg_backend_pid()"
-            )
-        elif conn.vendor == "mysql":
-            sql = (
-                "SELECT ID, HOST FROM information_schema.PROCESSLIST"
-                " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
-            )
-        else:
-            return None
-        with conn.cursor() as cursor:
-            cursor.execute(sql)
-            rows = cursor.fetchall()
-    finally:
-        conn.close()
-    sessions = []
-    for session_id, client in rows:
-        port: int | None
-        if isinstance(client, str):  # MySQL "host:port"
-            tail = client.rpartition(":")[2]
-            port = int(tail) if tail.isdigit() else None
-        else:
-            port = client if isinstance(client, int) else None
-        sessions.append((f"session {session_id}", port))
-    return sessions
+    sessions = _sessions.list_sessions(alias)
+    if sessions is None:
+        return None
+    return [(f"session {s.id}", s.port) for s in sessions]
 
 
 def _socket_owner(port: int | None) -> int | None:
