@@ -194,6 +194,23 @@ def session_groups(alias: str = "default") -> dict[tuple[str, str], int] | None:
     return groups
 
 
+def quiet_sessions(url: str, timeout: float = 3.0) -> int | None:
+    """The session count once it stops moving (two equal readings 0.1 s apart).
+
+    For a baseline: sessions of earlier work may still be ending when a
+    measurement starts, and would then count as "closed by" what is measured.
+    """
+    deadline = time.monotonic() + timeout
+    last = count_sessions(url)
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = count_sessions(url)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def settle_sessions(
     url: str, expected: int | None, timeout: float = 3.0, *, at_most: bool = False
 ) -> int | None:
@@ -469,7 +486,7 @@ def scenario_threads_timeline(url: str, exit_path: str, result: Result) -> None:
     watcher = threading.Thread(target=sampler)
     watcher.start()
     time.sleep(0.2)
-    result.sessions_before = count_sessions(url)
+    result.sessions_before = quiet_sessions(url)
     result.extra["started"] = round(time.monotonic() - start, 4)
     threads = [thread_class(target=short_task) for _ in range(50)]
     for t in threads:

@@ -26,7 +26,7 @@ from django.db import connection, transaction
 
 import forksafe
 from forksafe import _scenarios
-from forksafe._scenarios import backend_id, count_sessions, settle_sessions
+from forksafe._scenarios import backend_id, quiet_sessions, settle_sessions
 from tests.testapp.models import Item
 
 METHODS = ("fork", "spawn", "forkserver")
@@ -89,7 +89,7 @@ def keep_parent_connection() -> Iterator[None]:
 def _baseline(url: str, vendor: str) -> int | None:
     """The parent's own session is open; count the server's sessions."""
     backend_id()
-    return None if vendor == "sqlite" else count_sessions(url)
+    return None if vendor == "sqlite" else quiet_sessions(url)
 
 
 def _assert_back_to(url: str, baseline: int | None) -> None:
