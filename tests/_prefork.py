@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from forksafe._scenarios import quiet_sessions
-from uwsgi_examples.load import LoadResult
-from uwsgi_examples.run import migrate, missing
+from uwsgi_examples.load import LoadResult, get
+from uwsgi_examples.run import Server, migrate, missing
 
 SERVER_DRIVERS = ("psycopg", "mysqlclient")
 WORKERS = 4
@@ -49,3 +50,16 @@ def assert_own_sessions(result: LoadResult, *, workers: int | None = None) -> No
         assert len(result.pids) == workers, result.summary()
     assert result.on_loader_session == 0, result.summary()
     assert result.shared_backends == {}, result.summary()
+
+
+def wait_for_new_workers(server: Server, old_pids: set[int], timeout: float = 30) -> None:
+    """After a graceful reload: wait until a request is answered by a worker not in ``old_pids``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if get(server.url, timeout=2)["pid"] not in old_pids:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.2)

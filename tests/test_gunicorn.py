@@ -9,7 +9,6 @@ server tests run for the psycopg and mysqlclient drivers only (see
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +16,14 @@ import pytest
 
 import forksafe.gunicorn
 from forksafe._scenarios import settle_sessions
-from tests._prefork import WORKERS, assert_own_sessions, require_server, session_baseline
-from uwsgi_examples.load import fire, get
+from tests._prefork import (
+    WORKERS,
+    assert_own_sessions,
+    require_server,
+    session_baseline,
+    wait_for_new_workers,
+)
+from uwsgi_examples.load import fire
 from uwsgi_examples.run import Server
 
 
@@ -72,15 +77,7 @@ def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int
         before = fire(server.url, requests=200, concurrency=16)
         assert_own_sessions(before, workers=WORKERS)
         server.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while True:  # until the new workers answer
-            try:
-                if get(server.url, timeout=2)["pid"] not in before.pids:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.2)
+        wait_for_new_workers(server, before.pids)
         after = fire(server.url, requests=400, concurrency=16)
         assert_own_sessions(after)
         assert not after.pids & before.pids

@@ -22,7 +22,13 @@ import pytest
 
 from forksafe import uwsgi as forksafe_uwsgi
 from forksafe._scenarios import settle_sessions
-from tests._prefork import WORKERS, assert_own_sessions, require_server, session_baseline
+from tests._prefork import (
+    WORKERS,
+    assert_own_sessions,
+    require_server,
+    session_baseline,
+    wait_for_new_workers,
+)
 from uwsgi_examples.load import fire, get
 from uwsgi_examples.run import Server
 
@@ -75,15 +81,7 @@ def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int
         before = fire(server.url, requests=200, concurrency=16)
         assert_own_sessions(before, workers=WORKERS)
         server.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while True:  # until the reloaded workers answer
-            try:
-                if get(server.url, timeout=2)["pid"] not in before.pids:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.2)
+        wait_for_new_workers(server, before.pids)
         after = fire(server.url, requests=400, concurrency=16)
         assert_own_sessions(after, workers=WORKERS)
         assert not after.pids & before.pids
