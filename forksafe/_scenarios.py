@@ -194,20 +194,22 @@ def session_groups(alias: str = "default") -> dict[tuple[str, str], int] | None:
     return groups
 
 
-def quiet_sessions(url: str, timeout: float = 3.0) -> int | None:
-    """The session count once it stops moving (two equal readings 0.1 s apart).
+def quiet_sessions(url: str, timeout: float = 5.0, *, stable_for: float = 0.1) -> int | None:
+    """The session count once it has not moved for ``stable_for`` seconds.
 
     For a baseline: sessions of earlier work may still be ending when a
     measurement starts, and would then count as "closed by" what is measured.
     """
     deadline = time.monotonic() + timeout
     last = count_sessions(url)
+    since = time.monotonic()
     while last is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.05)
         now = count_sessions(url)
-        if now == last:
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= stable_for:
             break
-        last = now
     return last
 
 
@@ -485,8 +487,8 @@ def scenario_threads_timeline(url: str, exit_path: str, result: Result) -> None:
 
     watcher = threading.Thread(target=sampler)
     watcher.start()
-    time.sleep(0.2)
-    result.sessions_before = quiet_sessions(url)
+    # 50 sessions of the previous run (another process) may still be ending.
+    result.sessions_before = quiet_sessions(url, timeout=10, stable_for=0.6)
     result.extra["started"] = round(time.monotonic() - start, 4)
     threads = [thread_class(target=short_task) for _ in range(50)]
     for t in threads:
