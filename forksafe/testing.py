@@ -54,14 +54,6 @@ def _database_key(alias: str) -> tuple[Any, ...]:
     return (s["ENGINE"], s.get("HOST"), s.get("PORT"), s.get("NAME"))
 
 
-def _server_sessions(alias: str) -> list[tuple[str, int | None]] | None:
-    """``(description, client port)`` of the other client sessions on ``alias``'s database."""
-    sessions = _sessions.list_sessions(alias)
-    if sessions is None:
-        return None
-    return [(f"session {s.id}", s.port) for s in sessions]
-
-
 def _socket_owner(port: int | None) -> int | None:
     """The local pid whose TCP socket has local ``port`` (Linux /proc), if any."""
     if port is None:
@@ -144,7 +136,7 @@ def assert_no_connection_leaks(
     databases: dict[tuple[Any, ...], list[str]] = {}
     for alias in aliases:
         databases.setdefault(_database_key(alias), []).append(alias)
-    before_sessions = {key: _server_sessions(group[0]) for key, group in databases.items()}
+    before_sessions = {key: _sessions.list_sessions(group[0]) for key, group in databases.items()}
     before_threads = _other_threads_connections()
     before_own = _own_open_connections()
 
@@ -162,30 +154,32 @@ def assert_no_connection_leaks(
         before = before_sessions[key]
         if before is None:
             continue
-        allowed = len(before) + sum(own.get(a, 0) - before_own.get(a, 0) for a in group)
+        # Compared by session id, so that sessions of earlier work that end during
+        # the block cannot hide new ones.
+        before_ids = {session.id for session in before}
+        allowed = max(sum(own.get(a, 0) - before_own.get(a, 0) for a in group), 0)
         deadline = time.monotonic() + timeout
         while True:
-            after = _server_sessions(group[0]) or []
-            if len(after) <= allowed or time.monotonic() > deadline:
+            after = _sessions.list_sessions(group[0]) or []
+            new = [session for session in after if session.id not in before_ids]
+            if len(new) <= allowed or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        extra = len(after) - allowed
+        extra = len(new) - allowed
         if extra > 0:
-            old_ports = {port for _, port in before}
             owners = []
-            for description, port in after:
-                if port in old_ports:
-                    continue
-                owner = _socket_owner(port)
+            for session in new:
+                owner = _socket_owner(session.port)
                 if owner is None:
-                    owners.append(f"{description} (client not on this machine or gone)")
+                    where = "client not on this machine or gone"
                 elif owner == os.getpid():
-                    owners.append(f"{description} (held by this process, pid {owner})")
+                    where = f"held by this process, pid {owner}"
                 else:
-                    owners.append(f"{description} (held by pid {owner})")
+                    where = f"held by pid {owner}"
+                owners.append(f"session {session.id} ({where})")
             problems.append(
                 f"alias {group[0]!r}: {extra} server session(s) more than before:"
-                f" {', '.join(owners) or 'unidentified'}"
+                f" {', '.join(owners)}"
             )
     if problems:
         raise ConnectionLeak("connection leak: " + "; ".join(problems))
