@@ -1,0 +1,269 @@
+"""PgBouncer in front of PostgreSQL: what its admin console says, and what pooling needs.
+
+Two jobs, used by ``forksafe doctor`` and the system checks:
+
+* :func:`read_console` / :func:`inspect_alias`: ask PgBouncer's admin console
+  (the virtual database ``pgbouncer``; ``SHOW CONFIG``, ``SHOW DATABASES``,
+  ``SHOW POOLS``) for its limits, pool modes and connections now;
+* :func:`settings_problems`: the ``DATABASES`` settings that break under
+  transaction (or statement) pooling, each with its fix.
+
+How the pool mode of an alias is known: ``FORKSAFE["POOLER"]`` declares it
+(:func:`declared_modes`); ``forksafe doctor`` also asks the console.
+https://www.pgbouncer.org/usage.html#admin-console
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "MODES",
+    "PGBOUNCER_PORT",
+    "ConsoleError",
+    "Pool",
+    "Pooler",
+    "Problem",
+    "declared_modes",
+    "connect_console",
+    "invalid_declaration",
+    "read_console",
+    "settings_problems",
+    "show",
+]
+
+#: PgBouncer's pool modes (``pool_mode``).
+MODES = ("session", "transaction", "statement")
+#: PgBouncer's default ``listen_port``: a ``PORT`` of 6432 most likely is a PgBouncer.
+PGBOUNCER_PORT = 6432
+#: The message PostgreSQL answers when there is no pooler: no database of that name.
+_NOT_A_POOLER = 'database "pgbouncer" does not exist'
+
+
+class ConsoleError(Exception):
+    """The admin console did not answer; the message is one line that says why."""
+
+
+@dataclass
+class Pool:
+    """One PgBouncer database entry as the application's alias uses it."""
+
+    database: str  # the name clients connect to (the alias's NAME)
+    user: str
+    pool_mode: str
+    pool_size: int  # server connections per (database, user) pair
+    reserve_pool: int
+    max_db_connections: int  # 0: unlimited
+    server: str  # host:port PgBouncer connects to
+    server_database: str
+    clients: int  # client connections of this (database, user) pair now
+    servers: int  # server connections of this pair now
+    waiting: int  # clients waiting for a server now
+
+
+@dataclass
+class Pooler:
+    """A PgBouncer and the limits that matter for sizing (``SHOW CONFIG``)."""
+
+    address: str
+    version: str
+    pool_mode: str
+    max_client_conn: int
+    default_pool_size: int
+    max_db_connections: int
+    max_user_connections: int
+    server_idle_timeout: float
+    client_idle_timeout: float
+    ignore_startup_parameters: str
+    clients: int  # every client connection now (the console's own left out)
+    pools: dict[str, Pool] = field(default_factory=dict)  # by database name
+
+
+def show(conn: Any, what: str) -> list[dict[str, Any]]:
+    """``SHOW <what>`` on a console connection, one dict per row."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute(f"SHOW {what}")
+        names = [d[0] for d in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    # libpq: 'connection to server at "h", port p failed: FATAL:  <reason>'
+    return text.split("failed: ", 1)[-1] if "failed: " in text else text
+
+
+def connect_console(database: Any, params: dict[str, Any], timeout: int = 5) -> Any:
+    """A connection to the admin console with ``database`` (psycopg or psycopg2).
+
+    ``params``: ``host``, ``port``, ``user``, ``password`` (others are ignored).
+    Raises :class:`ConsoleError` when it does not answer, ``LookupError`` when
+    PostgreSQL itself answers there (no pooler).
+    """
+    kwargs = {k: params[k] for k in ("host", "port", "user", "password") if params.get(k)}
+    try:
+        conn = database.connect(dbname="pgbouncer", connect_timeout=timeout, **kwargs)
+    except database.Error as exc:
+        line = _first_line(exc)
+        if _NOT_A_POOLER in line:
+            raise LookupError(line) from None
+        raise ConsoleError(line) from None
+    conn.autocommit = True  # the console runs no transactions
+    return conn
+
+
+def read_console(database: Any, params: dict[str, Any]) -> Pooler:
+    """What the PgBouncer at ``params`` (``host``/``port``/``user``/``password``) says.
+
+    Raises :class:`ConsoleError` (console unreachable, user not in
+    ``admin_users``/``stats_users``) or ``LookupError`` (PostgreSQL answers there).
+    """
+    conn = connect_console(database, params)
+    try:
+        version = show(conn, "VERSION")
+        config = {r["key"]: r["value"] for r in show(conn, "CONFIG")}
+        databases = show(conn, "DATABASES")
+        pools = show(conn, "POOLS")
+    except database.Error as exc:
+        raise ConsoleError(_first_line(exc)) from None
+    finally:
+        conn.close()
+    by_pair = {(p["database"], p["user"]): p for p in pools}
+    pooler = Pooler(
+        address=f"{params.get('host') or 'localhost'}:{params.get('port') or PGBOUNCER_PORT}",
+        version=str(next(iter(version[0].values()))) if version else "PgBouncer",
+        pool_mode=str(config.get("pool_mode", "session")),
+        max_client_conn=int(config.get("max_client_conn", 100)),
+        default_pool_size=int(config.get("default_pool_size", 20)),
+        max_db_connections=int(config.get("max_db_connections", 0)),
+        max_user_connections=int(config.get("max_user_connections", 0)),
+        server_idle_timeout=float(config.get("server_idle_timeout", 600)),
+        client_idle_timeout=float(config.get("client_idle_timeout", 0)),
+        ignore_startup_parameters=str(config.get("ignore_startup_parameters", "")),
+        clients=sum(_clients(p) for p in pools if p["database"] != "pgbouncer"),
+    )
+    for db in databases:
+        if db["name"] == "pgbouncer":
+            continue
+        user = str(db.get("force_user") or params.get("user") or "")
+        row = by_pair.get((db["name"], user), {})
+        pooler.pools[str(db["name"])] = Pool(
+            database=str(db["name"]),
+            user=user,
+            pool_mode=str(row.get("pool_mode") or db.get("pool_mode") or pooler.pool_mode),
+            pool_size=int(db["pool_size"]),
+            reserve_pool=int(db.get("reserve_pool") or 0),
+            max_db_connections=int(db.get("max_connections") or 0),
+            server=f"{db.get('host') or 'localhost'}:{db.get('port') or 5432}",
+            server_database=str(db.get("database") or db["name"]),
+            clients=_clients(row),
+            servers=sum(
+                int(row.get(k) or 0)
+                for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
+            ),
+            waiting=int(row.get("cl_waiting") or 0),
+        )
+    return pooler
+
+
+def _clients(row: dict[str, Any]) -> int:
+    return sum(int(row.get(k) or 0) for k in ("cl_active", "cl_waiting"))
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def declared_modes(databases: dict[str, Any], declared: Any) -> dict[str, str]:
+    """Alias -> pool mode from ``FORKSAFE["POOLER"]`` (a mode for every PostgreSQL alias,
+    or a dict alias -> mode); a ``None`` mode means "connects directly"."""
+    if isinstance(declared, str):
+        return {
+            alias: declared
+            for alias, db in databases.items()
+            if str(db.get("ENGINE", "")).endswith("postgresql")
+        }
+    if isinstance(declared, dict):
+        return {str(a): str(m) for a, m in declared.items() if m is not None}
+    return {}
+
+
+def invalid_declaration(databases: dict[str, Any], declared: Any) -> str | None:
+    """Why ``FORKSAFE["POOLER"]`` is wrong, or None when it is fine (or unset)."""
+    modes = ", ".join(map(repr, MODES))
+    if declared is None:
+        return None
+    if isinstance(declared, str):
+        return None if declared in MODES else f"must be one of {modes} or a dict, not {declared!r}"
+    if not isinstance(declared, dict):
+        return f"must be one of {modes} or a dict alias -> mode, not {type(declared).__name__}"
+    for alias, mode in declared.items():
+        if alias not in databases:
+            return f"names {alias!r}, which is not in DATABASES ({', '.join(databases)})"
+        if mode is not None and mode not in MODES:
+            return f"gives {alias!r} the pool mode {mode!r}: use one of {modes} or None"
+    return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A setting that breaks under a pool mode, and how to fix it."""
+
+    check_id: str  # the system check that reports it
+    message: str
+    fix: str
+
+
+def settings_problems(alias: str, db: dict[str, Any], mode: str) -> list[Problem]:
+    """What in ``DATABASES[alias]`` (``db``) breaks when a pooler pools it in ``mode``.
+
+    Under transaction (and statement) pooling each transaction may run on
+    another server session: nothing may outlive a transaction on the server.
+    https://www.pgbouncer.org/features.html#sql-feature-map-for-pooling-modes
+    """
+    if mode not in ("transaction", "statement"):
+        return []
+    options = db.get("OPTIONS") or {}
+    problems = []
+    where = f"DATABASES[{alias!r}]"
+    if not db.get("DISABLE_SERVER_SIDE_CURSORS"):
+        problems.append(
+            Problem(
+                "forksafe.W006",
+                f"{where} is behind {mode} pooling but server-side cursors are on:"
+                " QuerySet.iterator() declares a cursor WITH HOLD that the next transaction"
+                ' may not find ("cursor _django_curs_... does not exist").',
+                f'Set {where}["DISABLE_SERVER_SIDE_CURSORS"] = True.',
+            )
+        )
+    if options.get("prepare_threshold") is not None:
+        problems.append(
+            Problem(
+                "forksafe.W007",
+                f"{where} is behind {mode} pooling but psycopg 3 prepares statements"
+                f" (OPTIONS['prepare_threshold'] = {options['prepare_threshold']!r}): a"
+                " prepared statement lives in one server session and the next transaction"
+                ' may run on another ("prepared statement _pg3_0 does not exist").',
+                f'Remove OPTIONS["prepare_threshold"] from {where} (Django\'s default is None).',
+            )
+        )
+    state = []
+    if options.get("assume_role"):
+        state.append(f"OPTIONS['assume_role'] ({options['assume_role']!r}: SET ROLE once)")
+    if options.get("options"):
+        state.append(f"OPTIONS['options'] ({options['options']!r}: startup parameters)")
+    if state:
+        problems.append(
+            Problem(
+                "forksafe.W008",
+                f"{where} is behind {mode} pooling but sets session state at connect:"
+                f" {'; '.join(state)}. It applies to one server session only; the next"
+                " transaction may run on another.",
+                "Set it on the server instead (ALTER ROLE ... SET, ALTER DATABASE ... SET),"
+                " or connect this alias directly or through a session-mode pool.",
+            )
+        )
+    return problems

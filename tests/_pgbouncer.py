@@ -1,0 +1,229 @@
+"""A real PgBouncer for the tests: its own process on a free loopback port, stopped afterwards.
+
+:class:`PgBouncer` writes a configuration for the run's PostgreSQL database only
+(``[databases]`` names that one database) into a temporary directory, starts
+Debian's ``pgbouncer`` in the foreground with a deadline, and reads its admin
+console (``SHOW POOLS``, ``SHOW CLIENTS``...) and its log. PgBouncer refuses to
+run as root: as root the configuration drops to the ``postgres`` user.
+
+:func:`require_pgbouncer` skips a test when ``pgbouncer`` is not installed, or
+fails it when the environment variable ``CI`` is set (any value).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+from forksafe import _pooler
+
+#: The PgBouncer tests run for these drivers only: the pooler speaks PostgreSQL's protocol.
+DRIVERS = ("psycopg", "psycopg2")
+
+
+def binary() -> str | None:
+    """The ``pgbouncer`` executable (Debian installs it in /usr/sbin), or None."""
+    return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
+
+
+def require_pgbouncer(driver: str) -> str:
+    """The ``pgbouncer`` executable; skips (or, with ``CI`` set, fails) when it cannot run."""
+    if driver not in DRIVERS:
+        pytest.skip(
+            f"PgBouncer tests run for {' and '.join(DRIVERS)} only (PgBouncer pools PostgreSQL;"
+            " the detach per driver is tested elsewhere)"
+        )
+    exe = binary()
+    if exe is None:
+        reason = "pgbouncer is not installed (apt-get install pgbouncer; .ci/run does it)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set: {reason}")
+        pytest.skip(reason)
+    return exe
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PgBouncer:
+    """One PgBouncer in front of the database of ``db_url``, pooling in ``mode``.
+
+    ``settings`` go into the ``[pgbouncer]`` section as they are (e.g.
+    ``{"default_pool_size": "5"}``).
+    """
+
+    def __init__(
+        self,
+        exe: str,
+        db_url: str,
+        *,
+        mode: str = "transaction",
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.exe = exe
+        self.mode = mode
+        self.db_url = db_url
+        parts = urllib.parse.urlsplit(db_url)
+        self.user = urllib.parse.unquote(parts.username or "postgres")
+        self.dbname = parts.path.lstrip("/")
+        self.server_host = parts.hostname or "127.0.0.1"
+        self.server_port = parts.port or 5432
+        self.port = _free_port()
+        self.settings = settings or {}
+        self.dir = Path(tempfile.mkdtemp(prefix="forksafe-pgbouncer-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``db_url`` with the pooler's address: what the application connects to."""
+        parts = urllib.parse.urlsplit(self.db_url)
+        netloc = parts.netloc.rpartition("@")[0]
+        netloc = f"{netloc}@127.0.0.1:{self.port}" if netloc else f"127.0.0.1:{self.port}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+    def _write_config(self) -> Path:
+        lines = [
+            "[databases]",
+            f"{self.dbname} = host={self.server_host} port={self.server_port} dbname={self.dbname}",
+            "",
+            "[pgbouncer]",
+            "listen_addr = 127.0.0.1",
+            f"listen_port = {self.port}",
+            "unix_socket_dir =",  # no socket in /tmp that another instance could want
+            "auth_type = trust",
+            f"auth_file = {self.dir / 'users.txt'}",
+            f"admin_users = {self.user}",
+            f"pool_mode = {self.mode}",
+        ]
+        if os.geteuid() == 0:  # "PgBouncer should not run as root"
+            try:
+                lines.append(f"user = {pwd.getpwnam('postgres').pw_name}")
+            except KeyError:
+                lines.append("user = nobody")
+        lines += [f"{k} = {v}" for k, v in self.settings.items()]
+        (self.dir / "users.txt").write_text(f'"{self.user}" ""\n')
+        ini = self.dir / "pgbouncer.ini"
+        ini.write_text("\n".join(lines) + "\n")
+        # Readable by the user PgBouncer switches to.
+        self.dir.chmod(0o755)
+        for path in self.dir.iterdir():
+            path.chmod(0o644)
+        return ini
+
+    def start(self, timeout: float = 15.0) -> PgBouncer:
+        """Start it; wait (at most ``timeout`` s) until its admin console answers."""
+        ini = self._write_config()
+        with open(self.dir / "pgbouncer.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [self.exe, str(ini)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"pgbouncer exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                self.show("VERSION")
+                return self
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"pgbouncer did not answer in {timeout} s:\n{self.log()}"
+                    ) from None
+                time.sleep(0.05)
+
+    def show(self, what: str) -> list[dict[str, Any]]:
+        """``SHOW <what>`` on the admin console, as one dict per row."""
+        from django.db import connection
+
+        params = {"host": "127.0.0.1", "port": self.port, "user": self.user}
+        conn = _pooler.connect_console(connection.Database, params, timeout=3)
+        try:
+            return _pooler.show(conn, what)
+        finally:
+            conn.close()
+
+    def clients(self) -> list[dict[str, Any]]:
+        """The client connections to the test database (the console's own left out)."""
+        return [c for c in self.show("CLIENTS") if c["database"] == self.dbname]
+
+    def log(self) -> str:
+        """What PgBouncer logged so far."""
+        path = self.dir / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def unexpected_eofs(self) -> int:
+        """Client connections that went away without a goodbye (PgBouncer's own log lines)."""
+        return self.log().count("client unexpected eof")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (immediate shutdown), SIGKILL after ``timeout`` s; keeps the log readable."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+
+    def cleanup(self) -> None:
+        """Stop it and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> PgBouncer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+def tcp_ports_of(pid: int, remote_port: int) -> set[int]:
+    """Local ports of ``pid``'s TCP connections to 127.0.0.1:``remote_port`` (from /proc).
+
+    Which process holds which client connection to the pooler: the socket inodes
+    among the process's descriptors, matched with /proc/net/tcp.
+    """
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir() if fd_dir.exists() else ():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in inodes and int(remote.split(":")[1], 16) == remote_port:
+            ports.add(int(local.split(":")[1], 16))
+    return ports
