@@ -159,7 +159,8 @@ class PgBouncer:
         from django.db import connection
 
         params = {"host": "127.0.0.1", "port": self.port, "user": self.user}
-        conn = _pooler.connect_console(connection.Database, params, timeout=3)
+        database: Any = connection.Database  # type: ignore[attr-defined]
+        conn = _pooler.connect_console(database, params, timeout=3)
         try:
             return _pooler.show(conn, what)
         finally:
