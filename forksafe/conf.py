@@ -6,20 +6,27 @@ One dict in ``settings.py``; every key is optional::
         "INSTALL": True,            # AppConfig.ready() calls forksafe.install()
         "CLOSE_BEFORE_FORK": True,  # install(close_before_fork=...)
         "THREADS": False,           # install(threads=...)
+        "POOLER": "transaction",    # or {"default": "transaction"}: how PgBouncer pools
     }
+
+``POOLER`` is not a switch: it tells the system checks and ``forksafe doctor``
+how a connection pooler in front of PostgreSQL pools each alias (see
+:mod:`forksafe._pooler`); it is validated there.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULTS", "get", "get_set", "invalid", "unknown_keys"]
+__all__ = ["DEFAULTS", "OTHER_KEYS", "get", "get_set", "invalid", "raw_value", "unknown_keys"]
 
 DEFAULTS: dict[str, bool] = {
     "INSTALL": True,
     "CLOSE_BEFORE_FORK": True,
     "THREADS": False,
 }
+#: Keys that are not switches; whoever uses them validates them.
+OTHER_KEYS = ("POOLER",)
 
 
 def _raw() -> Any:
@@ -33,7 +40,7 @@ def unknown_keys() -> list[str]:
     raw = _raw()
     if not isinstance(raw, dict):
         return []
-    return sorted(str(k) for k in raw if k not in DEFAULTS)
+    return sorted(str(k) for k in raw if k not in DEFAULTS and k not in OTHER_KEYS)
 
 
 def invalid() -> list[tuple[str, Any]]:
@@ -58,3 +65,9 @@ def get_set(key: str) -> bool | None:
         return None
     value = raw[key]
     return value if isinstance(value, bool) else None
+
+
+def raw_value(key: str) -> Any:
+    """The value of one of :data:`OTHER_KEYS` as the settings give it (None when unset)."""
+    raw = _raw()
+    return raw.get(key) if isinstance(raw, dict) else None
