@@ -162,3 +162,13 @@ def test_budget_flags_each_exceeded_limit() -> None:
     assert "3 limit(s) exceeded." in text and "EXCEEDS" in text
     direct = budget(groups, databases, {"default": ("postgresql", "db:5432")}, {"db:5432": 200}, {})
     assert [(r.demand, r.limit, r.exceeded) for r in direct] == [(160, 200, False)]
+
+
+def test_the_readme_example_is_a_valid_fleet_file(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Sizing a fleet", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "fleet.toml").write_text(example)
+    groups = load(tmp_path / "fleet.toml", ["default"])
+    assert [g.name for g in groups] == ["web", "celery"]
+    assert demand(groups, {"default": {}}, ["default"])[0] == 6 * 8 * 4 + 3 * (16 + 2)

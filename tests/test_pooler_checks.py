@@ -1,0 +1,89 @@
+"""System checks for a connection pooler, from settings alone (forksafe.E004, W006-W009)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.checks import CheckMessage
+from django.test import override_settings
+
+from forksafe import checks
+
+pytestmark = pytest.mark.nodb
+
+PG = {"ENGINE": "django.db.backends.postgresql", "NAME": "app", "HOST": "pgb", "PORT": "5432"}
+SAFE = {**PG, "DISABLE_SERVER_SIDE_CURSORS": True}
+
+
+def _messages(databases: dict[str, Any], pooler: Any = None) -> list[CheckMessage]:
+    forksafe = {} if pooler is None else {"POOLER": pooler}
+    with override_settings(DATABASES=databases, FORKSAFE=forksafe):
+        return [m for m in checks.forksafe_checks() if m.id != "forksafe.W001"]
+
+
+def _ids(messages: list[CheckMessage]) -> list[str]:
+    return [str(m.id) for m in messages]
+
+
+def test_transaction_pooling_with_safe_settings_is_quiet() -> None:
+    assert _ids(_messages({"default": SAFE}, "transaction")) == []
+    assert _ids(_messages({"default": SAFE}, {"default": "transaction"})) == []
+    # Session pooling keeps a server session per client: server-side cursors are fine.
+    assert _ids(_messages({"default": PG}, "session")) == []
+    assert _ids(_messages({"default": PG})) == []
+
+
+def test_server_side_cursors_under_transaction_pooling_warn_with_the_fix() -> None:
+    (message,) = _messages({"default": PG}, "transaction")
+    assert message.id == "forksafe.W006"
+    assert "iterator()" in message.msg
+    assert message.hint == "Set DATABASES['default'][\"DISABLE_SERVER_SIDE_CURSORS\"] = True."
+
+
+def test_psycopg_prepared_statements_under_transaction_pooling_warn() -> None:
+    db = {**SAFE, "OPTIONS": {"prepare_threshold": 5}}
+    (message,) = _messages({"default": db}, {"default": "statement"})
+    assert message.id == "forksafe.W007"
+    assert "prepare_threshold" in message.msg and "Remove" in str(message.hint)
+    # Django's own default (None) is what transaction pooling needs.
+    db = {**SAFE, "OPTIONS": {"prepare_threshold": None}}
+    assert _ids(_messages({"default": db}, "transaction")) == []
+
+
+def test_session_state_set_at_connect_under_transaction_pooling_warns() -> None:
+    db = {**SAFE, "OPTIONS": {"assume_role": "app_owner", "options": "-c search_path=app"}}
+    (message,) = _messages({"default": db}, "transaction")
+    assert message.id == "forksafe.W008"
+    assert "assume_role" in message.msg and "search_path" in message.msg
+    assert "ALTER ROLE" in str(message.hint)
+
+
+def test_only_the_aliases_declared_as_pooled_are_checked() -> None:
+    databases = {"default": SAFE, "direct": {**PG, "HOST": "db"}}
+    assert _ids(_messages(databases, {"default": "transaction", "direct": None})) == []
+    assert _ids(_messages(databases, "transaction")) == ["forksafe.W006"]  # every PG alias
+
+
+def test_port_6432_without_a_declaration_asks_for_one() -> None:
+    (message,) = _messages({"default": {**PG, "PORT": 6432}})
+    assert message.id == "forksafe.W009"
+    assert "FORKSAFE['POOLER'] = {'default': 'transaction'}" in str(message.hint)
+    assert _ids(_messages({"default": {**PG, "PORT": 6432}}, {"default": None})) == []
+    assert _ids(_messages({"default": {**PG, "PORT": 6432}}, {"default": "session"})) == []
+
+
+@pytest.mark.parametrize(
+    ("pooler", "says"),
+    [
+        ("transactions", "must be one of 'session', 'transaction', 'statement' or a dict"),
+        (True, "not bool"),
+        ({"replica": "session"}, "names 'replica', which is not in DATABASES (default)"),
+        ({"default": "pooled"}, "gives 'default' the pool mode 'pooled'"),
+    ],
+)
+def test_bad_pooler_declaration_is_one_error(pooler: Any, says: str) -> None:
+    (message,) = _messages({"default": SAFE}, pooler)
+    assert message.id == "forksafe.E004"
+    assert says in message.msg
+    assert "FORKSAFE['POOLER'] = 'transaction'" in str(message.hint)
