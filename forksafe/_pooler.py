@@ -235,18 +235,21 @@ def settings_problems(alias: str, db: dict[str, Any], mode: str) -> list[Problem
                 "forksafe.W006",
                 f"{where} is behind {mode} pooling but server-side cursors are on:"
                 " QuerySet.iterator() declares a cursor WITH HOLD that the next transaction"
-                ' may not find ("cursor _django_curs_... does not exist").',
+                ' may not find (error: cursor "_django_curs_..." does not exist).',
                 f'Set {where}["DISABLE_SERVER_SIDE_CURSORS"] = True.',
             )
         )
-    if options.get("prepare_threshold") is not None:
+    # Django's default cursor binds on the client and never prepares; server-side binding
+    # prepares after prepare_threshold executions (Django's default None: never).
+    if options.get("server_side_binding") is True and options.get("prepare_threshold") is not None:
         problems.append(
             Problem(
                 "forksafe.W007",
                 f"{where} is behind {mode} pooling but psycopg 3 prepares statements"
-                f" (OPTIONS['prepare_threshold'] = {options['prepare_threshold']!r}): a"
-                " prepared statement lives in one server session and the next transaction"
-                ' may run on another ("prepared statement _pg3_0 does not exist").',
+                f" (OPTIONS['server_side_binding'] with OPTIONS['prepare_threshold'] ="
+                f" {options['prepare_threshold']!r}): a prepared statement lives in one server"
+                " session and the next transaction may run on another (error: prepared"
+                ' statement "_pg3_0" does not exist).',
                 f'Remove OPTIONS["prepare_threshold"] from {where} (Django\'s default is None).',
             )
         )

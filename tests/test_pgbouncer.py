@@ -147,3 +147,89 @@ def test_control_plain_django_preforked_workers_share_the_arbiters_pooler_connec
         arbiter = tcp_ports_of(server.pid, pooler.port)
     assert result.errors, result.summary()
     assert arbiter and all(ports == arbiter for ports in held.values()), (arbiter, held)
+
+
+# --- the settings the checks flag really break under transaction pooling ---------------------
+
+
+@pytest.fixture
+def through_pooler(pooler: PgBouncer, db: None) -> Iterator[str]:
+    """An alias ``pgbouncer`` to the run's database through ``pooler`` (removed afterwards)."""
+    from django.db import connections
+
+    connections.settings["pgbouncer"] = {
+        **connections.settings["default"],
+        "HOST": "127.0.0.1",
+        "PORT": str(pooler.port),
+        "OPTIONS": {},
+    }
+    yield "pgbouncer"
+    connections["pgbouncer"].close()
+    del connections["pgbouncer"]
+    del connections.settings["pgbouncer"]
+
+
+def _hold_the_idle_server_connection(pooler: PgBouncer) -> Any:
+    """Another client opens a transaction: it takes the server connection that was just
+    released (PgBouncer reuses the last one first), so the next transaction of the
+    client under test runs on another server session."""
+    from django.db import connection
+
+    other: Any = connection.Database.connect(  # type: ignore[attr-defined]
+        host="127.0.0.1", port=pooler.port, user=pooler.user, dbname=pooler.dbname
+    )
+    other.cursor().execute("SELECT 1")  # psycopg/psycopg2: BEGIN ..., held open
+    return other
+
+
+@pytest.mark.parametrize("disable", [False, True])
+def test_server_side_cursor_breaks_under_transaction_pooling_unless_disabled(
+    pooler: PgBouncer, through_pooler: str, disable: bool
+) -> None:
+    """forksafe.W006 flags what this shows: iterator() on a WITH HOLD cursor."""
+    from django.db import connections
+
+    from tests.testapp.models import Item
+
+    if pooler.mode != "transaction":
+        pytest.skip("session pooling keeps one server session per client")
+    Item.objects.bulk_create([Item(name=str(i)) for i in range(5)])
+    connections.settings[through_pooler]["DISABLE_SERVER_SIDE_CURSORS"] = disable
+    rows = Item.objects.using(through_pooler).order_by("id").iterator(chunk_size=1)
+    assert next(rows).name == "0"
+    other = _hold_the_idle_server_connection(pooler)
+    try:
+        if disable:
+            assert [r.name for r in rows] == ["1", "2", "3", "4"]
+        else:
+            with pytest.raises(Exception, match=r"cursor .* does not exist"):
+                list(rows)
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("threshold", [0, None])
+def test_psycopg_prepared_statements_break_under_transaction_pooling(
+    pooler: PgBouncer, through_pooler: str, driver: str, threshold: int | None
+) -> None:
+    """forksafe.W007 flags what this shows: OPTIONS["prepare_threshold"] set to a number
+    with ``server_side_binding`` (Django's default client-side binding never prepares)."""
+    from django.db import connections
+
+    from tests.testapp.models import Item
+
+    if pooler.mode != "transaction" or driver != "psycopg":
+        pytest.skip("psycopg 3 under transaction pooling only")
+    settings = connections.settings[through_pooler]
+    settings["OPTIONS"] = {"prepare_threshold": threshold, "server_side_binding": True}
+    query = Item.objects.using(through_pooler).filter(name="x")
+    assert query.count() == 0  # prepared on the server session it ran on (threshold 0)
+    other = _hold_the_idle_server_connection(pooler)
+    try:
+        if threshold is None:
+            assert query.count() == 0
+        else:
+            with pytest.raises(Exception, match=r"prepared statement .* does not exist"):
+                query.count()
+    finally:
+        other.close()

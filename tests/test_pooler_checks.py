@@ -42,12 +42,15 @@ def test_server_side_cursors_under_transaction_pooling_warn_with_the_fix() -> No
 
 
 def test_psycopg_prepared_statements_under_transaction_pooling_warn() -> None:
-    db = {**SAFE, "OPTIONS": {"prepare_threshold": 5}}
+    db = {**SAFE, "OPTIONS": {"prepare_threshold": 5, "server_side_binding": True}}
     (message,) = _messages({"default": db}, {"default": "statement"})
     assert message.id == "forksafe.W007"
     assert "prepare_threshold" in message.msg and "Remove" in str(message.hint)
-    # Django's own default (None) is what transaction pooling needs.
-    db = {**SAFE, "OPTIONS": {"prepare_threshold": None}}
+    # Django's own default (None) is what transaction pooling needs; its default
+    # client-side binding never prepares (both measured in test_pgbouncer.py).
+    db = {**SAFE, "OPTIONS": {"prepare_threshold": None, "server_side_binding": True}}
+    assert _ids(_messages({"default": db}, "transaction")) == []
+    db = {**SAFE, "OPTIONS": {"prepare_threshold": 5}}
     assert _ids(_messages({"default": db}, "transaction")) == []
 
 
