@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from forksafe import _pooler
+from uwsgi_examples.run import free_port
 
 #: The PgBouncer tests run for these drivers only: the pooler speaks PostgreSQL's protocol.
 DRIVERS = ("psycopg", "psycopg2")
@@ -53,15 +54,6 @@ def require_pgbouncer(driver: str) -> str:
     return exe
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class PgBouncer:
     """One PgBouncer in front of the database of ``db_url``, pooling in ``mode``.
 
@@ -85,7 +77,7 @@ class PgBouncer:
         self.dbname = parts.path.lstrip("/")
         self.server_host = parts.hostname or "127.0.0.1"
         self.server_port = parts.port or 5432
-        self.port = _free_port()
+        self.port = free_port()
         self.settings = settings or {}
         self.dir = Path(tempfile.mkdtemp(prefix="forksafe-pgbouncer-"))
         self.proc: subprocess.Popen[bytes] | None = None
