@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULTS", "OTHER_KEYS", "get", "get_set", "invalid", "raw_value", "unknown_keys"]
+__all__ = ["DEFAULTS", "OTHER_KEYS", "explicit", "get", "invalid", "raw_value", "unknown_keys"]
 
 DEFAULTS: dict[str, bool] = {
     "INSTALL": True,
@@ -58,8 +58,8 @@ def get(key: str) -> bool:
     return value if isinstance(value, bool) else DEFAULTS[key]
 
 
-def get_set(key: str) -> bool | None:
-    """The value of ``key`` if the settings set it (validly), else ``None``."""
+def explicit(key: str) -> bool | None:
+    """The value the settings give ``key`` explicitly (and validly), else ``None``."""
     raw = _raw()
     if not isinstance(raw, dict) or key not in raw:
         return None

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("plain", "forksafe", "detach"), default="forksafe")
     args = parser.parse_args(argv)
 
-    from forksafe._scenarios import configure_django
+    from forksafe._urls import configure_django
 
     configure_django(args.database)
     if args.mode != "plain":
