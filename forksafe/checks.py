@@ -5,11 +5,18 @@ id             what it catches
 =============  ==================================================================
 forksafe.E001  ``settings.FORKSAFE`` is not a dict, or has keys forksafe does not know
 forksafe.E002  a ``FORKSAFE`` value of the wrong type
+forksafe.E004  ``FORKSAFE["POOLER"]`` is not a pool mode, or names an alias not in ``DATABASES``
 forksafe.W001  a database uses Django's native pool but forksafe's fork hooks are not
                installed: forked workers would share the parent's pooled sessions
 forksafe.W002  running under uWSGI without ``master``: the postfork hook cannot run
 forksafe.W003  running under uWSGI without threads enabled while something needs
                background threads (``FORKSAFE["THREADS"]``, a native pool)
+forksafe.W006  behind transaction pooling (``FORKSAFE["POOLER"]``), server-side cursors are on
+forksafe.W007  behind transaction pooling, psycopg 3 prepares statements (server-side binding
+               with ``prepare_threshold``)
+forksafe.W008  behind transaction pooling, ``OPTIONS`` sets session state at connect
+               (``assume_role``, ``options``)
+forksafe.W009  ``PORT`` 6432 (PgBouncer's default) without a ``FORKSAFE["POOLER"]`` declaration
 =============  ==================================================================
 
 Django runs system checks in management commands only, never inside a WSGI
@@ -25,6 +32,7 @@ from typing import Any
 from django.core import checks
 
 from forksafe import conf
+from forksafe._pooler import pooler_messages
 
 __all__ = ["log_server_warnings", "register"]
 
@@ -164,7 +172,7 @@ def _uwsgi_checks() -> list[checks.CheckMessage]:
 
 def forksafe_checks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Every forksafe check; registered with Django's check framework."""
-    return [*_settings_errors(), *_pool_without_hooks(), *_uwsgi_checks()]
+    return [*_settings_errors(), *_pool_without_hooks(), *_uwsgi_checks(), *pooler_messages()]
 
 
 def register() -> None:

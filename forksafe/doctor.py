@@ -34,12 +34,25 @@ import os
 import shlex
 import shutil
 import sys
+import urllib.parse
 from dataclasses import asdict, dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from forksafe import _sessions, conf
+from forksafe import _fleet, _pooler, _sessions, conf
 
-__all__ = ["DatabaseServer", "Finding", "Report", "add_arguments", "main", "run_doctor"]
+__all__ = [
+    "DatabaseServer",
+    "FleetReport",
+    "Finding",
+    "InputError",
+    "Report",
+    "add_arguments",
+    "main",
+    "read_pooler_console",
+    "run_doctor",
+    "run_fleet",
+    "run_options",
+]
 
 PROBLEM_LEVELS = ("warning", "error")
 
@@ -68,6 +81,8 @@ class DatabaseServer:
     # [client address, state, sessions, database], other clients' sessions now.
     sessions: list[tuple[str, str, int, str]] = field(default_factory=list)
     error: str | None = None
+    pooler: _pooler.Pooler | None = None  # the PgBouncer the aliases connect to
+    limits: list[_fleet.Row] = field(default_factory=list)  # behind a pooler: each limit
 
 
 @dataclass
@@ -292,35 +307,15 @@ def _server_key(alias: str) -> tuple[str, str]:
     return vendor, f"{s.get('HOST') or 'localhost'}:{s.get('PORT') or default_port}"
 
 
-def _pool_size(alias: str, threads: int) -> int | None:
-    """Sessions one process's native pool of ``alias`` can hold, or None without a pool.
-
-    ``min_size`` are open from the start; beyond that the pool grows only to what the
-    threads check out at once, up to ``max_size`` (psycopg_pool: 4 and ``min_size``).
-    """
+def _databases() -> dict[str, dict[str, Any]]:
     from django.db import connections
 
-    options = connections.settings[alias].get("OPTIONS") or {}
-    pool = options.get("pool") if isinstance(options, dict) else None
-    if not pool:
-        return None
-    pool = pool if isinstance(pool, dict) else {}
-    min_size = int(pool.get("min_size", 4))
-    max_size = int(pool.get("max_size") or min_size)
-    return max(min_size, min(threads, max_size))
+    return {alias: connections.settings[alias] for alias in connections.settings}
 
 
-def _demand(aliases: list[str], processes: int, threads: int) -> tuple[int, str]:
-    """Worst-case sessions of the deployment on one server, and how that was computed."""
-    plain = [a for a in aliases if _pool_size(a, threads) is None]
-    total = processes * threads * len(plain)
-    parts = [f"{processes} x {threads} x {len(plain)} alias(es)"] if plain else []
-    for alias in aliases:
-        size = _pool_size(alias, threads)
-        if size is not None:
-            total += processes * size
-            parts.append(f"{processes} x pool {size} ({alias!r})")
-    return total, " + ".join(parts)
+def _this_host(processes: int, threads: int) -> list[_fleet.Group]:
+    """The single-host report's deployment: a fleet of one host."""
+    return [_fleet.Group("this host", processes=processes, threads=threads)]
 
 
 def _error_line(exc: BaseException) -> str:
@@ -329,9 +324,18 @@ def _error_line(exc: BaseException) -> str:
 
 
 def inspect_server(
-    vendor: str, address: str, aliases: list[str], processes: int, threads: int
+    vendor: str,
+    address: str,
+    aliases: list[str],
+    processes: int,
+    threads: int,
+    poolers: dict[str, _pooler.Pooler] | None = None,
 ) -> tuple[DatabaseServer, list[Finding]]:
-    """Connect to one server through ``aliases`` and compare demand with ``max_connections``."""
+    """Connect to one server through ``aliases`` and compare demand with its limits.
+
+    ``poolers``: PgBouncers already read (``--pooler-console``), by "host:port";
+    otherwise a PgBouncer in front of a PostgreSQL server is looked for.
+    """
     from django.db import connections
 
     by_database: dict[str, str] = {}
@@ -357,12 +361,37 @@ def inspect_server(
         ]
     if server.max_connections is None:
         return server, [Finding("ok", topic, "SQLite: reachable, no server sessions to count")]
-    server.demand, server.demand_formula = _demand(aliases, processes, threads)
+    try:
+        server.pooler = _find_pooler(vendor, address, aliases, poolers or {})
+    except _pooler.ConsoleError as exc:
+        declared = _declared_modes()
+        return server, [
+            _demand_finding(server, processes, threads),
+            Finding(
+                "warning" if any(a in declared for a in aliases) else "info",
+                f"pgbouncer {address}",
+                f"something other than PostgreSQL answers there, but no PgBouncer console: {exc}",
+                f"add USER {connections.settings[aliases[0]].get('USER')!r} to stats_users in"
+                " pgbouncer.ini, or pass --pooler-console postgresql://USER@HOST:PORT/pgbouncer",
+            ),
+        ]
+    if server.pooler is None:
+        return server, [_demand_finding(server, processes, threads)]
+    return server, _behind_pooler(server, processes, threads)
+
+
+def _demand_finding(server: DatabaseServer, processes: int, threads: int) -> Finding:
+    """This host's worst case straight on the server, against ``max_connections``."""
+    assert server.max_connections is not None
+    databases = _databases()
+    server.demand, server.demand_formula = _fleet.demand(
+        _this_host(processes, threads), databases, server.aliases
+    )
     now = sum(n for _, _, n, _ in server.sessions)
     verdict = "ok" if server.demand <= server.max_connections else "exceeds"
     finding = Finding(
         "ok" if verdict == "ok" else "error",
-        topic,
+        f"{server.vendor} {server.address}",
         f"demand {server.demand_formula} = {server.demand} of max_connections"
         f" {server.max_connections}: {verdict} ({now} session(s) of other clients now)",
     )
@@ -371,7 +400,53 @@ def inspect_server(
             "fewer processes/threads or aliases, a bouncer (PgBouncer, ProxySQL), or a higher"
             " max_connections"
         )
-    return server, [finding]
+    return finding
+
+
+def _declared_modes() -> dict[str, str]:
+    return _pooler.declared_modes(_databases(), conf.raw_value("POOLER"))
+
+
+def _find_pooler(
+    vendor: str, address: str, aliases: list[str], given: dict[str, _pooler.Pooler]
+) -> _pooler.Pooler | None:
+    """The PgBouncer at ``address``; None for a database server. Raises ``ConsoleError``."""
+    if address in given:
+        return given[address]
+    if vendor != "postgresql":
+        return None
+    declared = _declared_modes()
+    return _pooler.detect(aliases[0], declared=any(a in declared for a in aliases))
+
+
+def _behind_pooler(server: DatabaseServer, processes: int, threads: int) -> list[Finding]:
+    """This host's demand through the pooler, limit by limit, and what the console says."""
+    pooler = server.pooler
+    assert pooler is not None
+    topic = f"pgbouncer {server.address}"
+    behind = {pool.server: server.max_connections for pool in pooler.pools.values()}
+    keys = dict.fromkeys(server.aliases, (server.vendor, server.address))
+    groups = _this_host(processes, threads)
+    server.limits = _fleet.budget(groups, _databases(), keys, behind, {server.address: pooler})
+    findings = [
+        Finding(level, topic, message, hint)
+        for level, message, hint in _pooler.findings(pooler, server.aliases, _declared_modes())
+    ]
+    for row in server.limits:
+        formula = f"{row.formula} = " if row.formula else ""
+        note = f" ({row.note})" if row.note else ""
+        findings.append(
+            Finding(
+                "error" if row.exceeded else "ok",
+                topic,
+                f"{row.target.strip()}: demand {formula}{row.demand} of {row.limit_name}"
+                f" {row.limit if row.limit is not None else 'unknown'}: {row.verdict}{note}",
+                "fewer processes/threads or a higher limit" if row.exceeded else "",
+            )
+        )
+        if row.limit_name == "max_connections":
+            server.demand, server.demand_formula = row.demand, row.formula
+    return findings
 
 
 def _servers_of_databases() -> dict[tuple[str, str], list[str]]:
@@ -383,16 +458,137 @@ def _servers_of_databases() -> dict[tuple[str, str], list[str]]:
     return servers
 
 
+# --- the fleet ------------------------------------------------------------------------------
+
+
+class InputError(ValueError):
+    """Bad input for the doctor (fleet file, console URL...): one line, exit code 2."""
+
+
+@dataclass
+class FleetReport:
+    """``forksafe doctor --fleet``: every limit on the way and the fleet's worst case on it."""
+
+    fleet: str
+    groups: list[_fleet.Group]
+    limits: list[_fleet.Row]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every hard limit holds, 1 when one is exceeded."""
+        return 1 if any(row.exceeded for row in self.limits) else 0
+
+    def render(self) -> str:
+        """The table for a terminal."""
+        hosts = sum(g.hosts for g in self.groups)
+        head = f"forksafe doctor --fleet {self.fleet}: {len(self.groups)} group(s), {hosts} host(s)"
+        return f"{head}\n\n{_fleet.render(self.limits, self.groups)}"
+
+    def to_json(self) -> str:
+        """The report as one JSON object (with ``exit_code``)."""
+        limits = [{**asdict(r), "verdict": r.verdict, "exceeded": r.exceeded} for r in self.limits]
+        data = {"fleet": self.fleet, "groups": [asdict(g) for g in self.groups], "limits": limits}
+        return json.dumps({**data, "exit_code": self.exit_code}, indent=2)
+
+
+def run_fleet(path: str, poolers: dict[str, _pooler.Pooler] | None = None) -> FleetReport:
+    """The worst case of the fleet described in the file at ``path`` against every limit.
+
+    Reads ``max_connections`` from each database server and the limits of each
+    PgBouncer in front of one (``poolers`` already read, by "host:port", or found
+    as the single-host report finds them). Raises :class:`InputError` for a bad
+    file, a server that does not answer or a console that does not.
+    """
+    import django
+    from django.apps import apps
+
+    if not apps.ready:
+        django.setup()
+    databases = _databases()
+    try:
+        groups = _fleet.load(path, list(databases))
+    except _fleet.FleetError as exc:
+        raise InputError(str(exc)) from None
+    limits: dict[str, int | None] = {}
+    found: dict[str, _pooler.Pooler] = {}
+    servers: dict[str, tuple[str, str]] = {}
+    for (vendor, address), aliases in _servers_of_databases().items():
+        if vendor == "sqlite":
+            continue
+        try:
+            limit = _sessions.max_connections(aliases[0])
+            pooler = _find_pooler(vendor, address, aliases, poolers or {})
+        except _pooler.ConsoleError as exc:
+            raise InputError(
+                f"pgbouncer {address}: its admin console does not answer: {exc}"
+            ) from None
+        except Exception as exc:
+            raise InputError(f"{vendor} {address}: cannot connect: {_error_line(exc)}") from None
+        servers.update(dict.fromkeys(aliases, (vendor, address)))
+        if pooler is None:
+            limits[address] = limit
+            continue
+        found[address] = pooler
+        for alias in aliases:  # the server behind the pools this deployment uses
+            pool = pooler.pools.get(str(databases[alias].get("NAME"))) or pooler.pools.get("*")
+            if pool is not None:
+                limits[pool.server] = limit
+    return FleetReport(path, groups, _fleet.budget(groups, databases, servers, limits, found))
+
+
+def read_pooler_console(url: str) -> dict[str, _pooler.Pooler]:
+    """The PgBouncer whose admin console is at ``url``, by its "host:port".
+
+    Raises :class:`InputError` when ``url`` is not a PostgreSQL URL, no alias
+    connects to its host and port, or no console answers there.
+    """
+    from django.db import connections
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.partition("+")[0] not in ("postgresql", "postgres") or not parts.hostname:
+        raise InputError(
+            f"--pooler-console: expected postgresql://USER@HOST:PORT/pgbouncer, not {url!r}"
+        )
+    aliases = [a for a in connections.settings if _server_key(a)[0] == "postgresql"]
+    addresses = sorted({_server_key(a)[1] for a in aliases})
+    params = {
+        "host": parts.hostname,
+        "port": parts.port or _pooler.PGBOUNCER_PORT,
+        "user": urllib.parse.unquote(parts.username or "") or None,
+        "password": urllib.parse.unquote(parts.password or "") or None,
+    }
+    address = f"{params['host']}:{params['port']}"
+    if address not in addresses:
+        raise InputError(
+            f"--pooler-console {address}: no PostgreSQL alias in DATABASES connects there"
+            f" ({', '.join(addresses) or 'none is PostgreSQL'})"
+        )
+    alias = next(a for a in aliases if _server_key(a)[1] == address)
+    try:
+        database = connections[alias].Database  # type: ignore[attr-defined]
+        return {address: _pooler.read_console(database, params)}
+    except (_pooler.ConsoleError, LookupError) as exc:
+        raise InputError(
+            f"--pooler-console {address}: no PgBouncer console answers: {exc}"
+        ) from None
+
+
 # --- entry points -----------------------------------------------------------------------------
 
 
-def run_doctor(processes: int | None = None, threads: int | None = None) -> Report:
+def run_doctor(
+    processes: int | None = None,
+    threads: int | None = None,
+    *,
+    poolers: dict[str, _pooler.Pooler] | None = None,
+) -> Report:
     """Examine settings, environment and databases; returns the :class:`Report`.
 
     ``processes`` / ``threads``: the deployment's worker processes and threads
     per process (default: from the environment, else 1). Sets Django up if
     needed (``DJANGO_SETTINGS_MODULE``). Raises ``ValueError`` for a count
     below 1. Connects from the calling thread and closes what it opened.
+    ``poolers``: PgBouncers already read (:func:`read_pooler_console`).
     """
     for name, value in (("processes", processes), ("threads", threads)):
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -414,7 +610,7 @@ def run_doctor(processes: int | None = None, threads: int | None = None) -> Repo
     findings += _check_findings()
     databases = []
     for (vendor, address), aliases in _servers_of_databases().items():
-        server, server_findings = inspect_server(vendor, address, aliases, p, t)
+        server, server_findings = inspect_server(vendor, address, aliases, p, t, poolers)
         databases.append(server)
         findings += server_findings
     return Report(
@@ -455,6 +651,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " else 1)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--fleet",
+        metavar="FILE",
+        help="worst-case sessions of the groups of hosts in FILE (TOML, or JSON for .json)"
+        " against every pooler and database limit, as a table",
+    )
+    parser.add_argument(
+        "--pooler-console",
+        metavar="URL",
+        help="PgBouncer's admin console, e.g. postgresql://stats@HOST:6432/pgbouncer"
+        " (default: asked with the alias's own USER/PASSWORD)",
+    )
+
+
+def run_options(options: dict[str, Any]) -> Report | FleetReport:
+    """Run what the parsed options ask for; :class:`InputError` for bad input."""
+    import django
+    from django.apps import apps
+
+    if not apps.ready:
+        django.setup()
+    url = options.get("pooler_console")
+    poolers = read_pooler_console(url) if url else {}
+    if options.get("fleet"):
+        if options.get("processes") or options.get("threads"):
+            raise InputError(
+                "--fleet takes the counts from the file: leave out --processes/--threads"
+            )
+        return run_fleet(options["fleet"], poolers)
+    return run_doctor(options.get("processes"), options.get("threads"), poolers=poolers)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -488,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"cannot load settings {os.environ['DJANGO_SETTINGS_MODULE']!r}: {_error_line(exc)}"
         )
-    report = run_doctor(args.processes, args.threads)
+    try:
+        report = run_options(vars(args))
+    except InputError as exc:
+        parser.error(str(exc))
     sys.stdout.write(report.to_json() + "\n" if args.json else report.render())
     return report.exit_code

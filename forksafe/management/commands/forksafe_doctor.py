@@ -32,16 +32,21 @@ class Command(BaseCommand):
         return parser
 
     def add_arguments(self, parser: CommandParser) -> None:
-        """``--processes N``, ``--threads N``, ``--json``."""
+        """The options of ``forksafe doctor`` (:func:`forksafe.doctor.add_arguments`)."""
         doctor.add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Print the report; a report with problems ends in exit code 1."""
-        report = doctor.run_doctor(options["processes"], options["threads"])
+        try:
+            report = doctor.run_options(options)
+        except doctor.InputError as exc:
+            raise CommandError(str(exc), returncode=2) from None
         self.stdout.write(report.to_json() if options["json"] else report.render(), ending="")
         if options["json"]:
             self.stdout.write("\n", ending="")
-        if report.exit_code:
+        if isinstance(report, doctor.FleetReport) and report.exit_code:
+            raise CommandError("forksafe doctor: a limit of the fleet is exceeded", returncode=1)
+        if isinstance(report, doctor.Report) and report.exit_code:
             raise CommandError(
                 f"forksafe doctor found {len(report.problems)} problem(s)", returncode=1
             )
