@@ -252,7 +252,7 @@ def budget(
 
 def render(rows: list[Row], groups: list[Group]) -> str:
     """The budget as a table; the last line says whether every limit holds."""
-    table = [("limit on the way", "", "worst case", "limit", "")]
+    table = [("limit on the way", "", "worst case", "limit", "verdict")]
     for row in rows:
         limit = "unknown" if row.limit is None else str(row.limit)
         verdict = f"{row.verdict}: {row.note}" if row.note else row.verdict

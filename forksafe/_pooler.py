@@ -94,7 +94,7 @@ def show(conn: Any, what: str) -> list[dict[str, Any]]:
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     # libpq: 'connection to server at "h", port p failed: FATAL:  <reason>'
-    return text.split("failed: ", 1)[-1] if "failed: " in text else text
+    return text.rsplit("failed: ", 1)[-1] if "failed: " in text else text
 
 
 def connect_console(database: Any, params: dict[str, Any], timeout: int = 5) -> Any:

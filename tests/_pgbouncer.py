@@ -148,15 +148,26 @@ class PgBouncer:
 
     def show(self, what: str) -> list[dict[str, Any]]:
         """``SHOW <what>`` on the admin console, as one dict per row."""
-        from django.db import connection
-
-        params = {"host": "127.0.0.1", "port": self.port, "user": self.user}
-        database: Any = connection.Database  # type: ignore[attr-defined]
-        conn = _pooler.connect_console(database, params, timeout=3)
+        conn = self._console()
         try:
             return _pooler.show(conn, what)
         finally:
             conn.close()
+
+    def admin(self, command: str) -> None:
+        """Run a console command (``SET client_idle_timeout = 30``, ``RELOAD``...)."""
+        conn = self._console()
+        try:
+            conn.cursor().execute(command)
+        finally:
+            conn.close()
+
+    def _console(self) -> Any:
+        from django.db import connection
+
+        params = {"host": "127.0.0.1", "port": self.port, "user": self.user}
+        database: Any = connection.Database  # type: ignore[attr-defined]
+        return _pooler.connect_console(database, params, timeout=3)
 
     def clients(self) -> list[dict[str, Any]]:
         """The client connections to the test database (the console's own left out)."""

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,15 @@ def pooler(request: pytest.FixtureRequest, db_url: str, driver: str) -> Iterator
     exe = require_pgbouncer(driver)
     with PgBouncer(exe, db_url, mode=request.param) as bouncer:
         yield bouncer
+
+
+def _transaction_only(pooler: PgBouncer, what: str = "this variant") -> None:
+    """Keep CI short: run ``what`` under transaction pooling only."""
+    if pooler.mode != "transaction":
+        pytest.skip(
+            f"{what} runs under transaction pooling only (measured the same under session"
+            " pooling: README, Behind PgBouncer)"
+        )
 
 
 def _scenario(name: str, pooler: PgBouncer, mode: str) -> dict[str, Any]:
@@ -55,6 +65,8 @@ def _scenario(name: str, pooler: PgBouncer, mode: str) -> dict[str, Any]:
 def test_forked_children_never_share_the_parents_pooler_connection(
     pooler: PgBouncer, mode: str
 ) -> None:
+    if mode == "detach":
+        _transaction_only(pooler)
     eofs = pooler.unexpected_eofs()
     res = _scenario("fork", pooler, mode)
     assert res["child_errors"] == [], res
@@ -73,6 +85,7 @@ def test_control_plain_django_children_end_the_parents_pooler_connection(
     The parent's next query fails and it reconnects; the next child then has no
     connection to inherit: every second fork breaks the parent (25 of 50).
     """
+    _transaction_only(pooler, "the control")
     res = _scenario("fork", pooler, "plain")
     assert res["shared"] >= res["forks"] // 4, res
     assert res["parent_errors"] == res["shared"], res
@@ -80,6 +93,8 @@ def test_control_plain_django_children_end_the_parents_pooler_connection(
 
 @pytest.mark.parametrize("mode", ["forksafe", "detach"])
 def test_pool_workers_each_open_their_own_pooler_connection(pooler: PgBouncer, mode: str) -> None:
+    if mode == "detach":
+        _transaction_only(pooler)
     res = _scenario("pool", pooler, mode)
     assert "child_errors" not in res and "parent_error" not in res, res
     ports = [p for worker in res["worker_ports"].values() for p in worker]
@@ -92,6 +107,8 @@ def test_threads_close_their_pooler_connections_when_they_end(pooler: PgBouncer)
     res = _scenario("threads", pooler, "forksafe")
     assert res["child_errors"] == [] and res["thread_ports"] == 10, res
     assert res["open_after"] == 1, res  # the main thread's own
+    if pooler.mode != "transaction":
+        return  # the control once is enough
     plain = _scenario("threads", pooler, "plain")
     assert plain["open_after"] > 1, ("control: ended plain threads keep theirs until the GC", plain)
 
@@ -117,7 +134,7 @@ def test_preforked_gunicorn_workers_each_hold_their_own_pooler_connection(
     _gunicorn(db_url)
     eofs = pooler.unexpected_eofs()
     with Server("gunicorn", pooler.url, processes=3) as server:
-        result = fire(server.url, requests=300, concurrency=12, timeout=10)
+        result = fire(server.url, requests=150, concurrency=12, timeout=10)
         assert not result.errors, result.summary()
         held = {pid: tcp_ports_of(pid, pooler.port) for pid in server.children()}
         arbiter = tcp_ports_of(server.pid, pooler.port)
@@ -138,11 +155,10 @@ def test_control_plain_django_preforked_workers_share_the_arbiters_pooler_connec
     from uwsgi_examples.load import fire
     from uwsgi_examples.run import Server
 
-    if pooler.mode != "transaction":
-        pytest.skip("one control is enough: the mechanism does not depend on the pool mode")
+    _transaction_only(pooler, "the control")
     _gunicorn(db_url)
     with Server("gunicorn", pooler.url, forksafe="0", processes=3) as server:
-        result = fire(server.url, requests=300, concurrency=12, timeout=5)
+        result = fire(server.url, requests=60, concurrency=6, timeout=3)
         held = {pid: tcp_ports_of(pid, pooler.port) for pid in server.children()}
         arbiter = tcp_ports_of(server.pid, pooler.port)
     assert result.errors, result.summary()
@@ -233,3 +249,139 @@ def test_psycopg_prepared_statements_break_under_transaction_pooling(
                 query.count()
     finally:
         other.close()
+
+
+# --- forksafe doctor behind PgBouncer ----------------------------------------------------------
+
+
+def _doctor(
+    pooler: PgBouncer, tmp_path: Path, driver: str, *args: str, changes: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``forksafe doctor ARGS`` with settings whose one alias goes through ``pooler``."""
+    settings = textwrap.dedent(
+        f"""
+        from forksafe._urls import database_settings
+        from tests.settings._base import settings_for
+
+        globals().update(settings_for({driver!r}))
+        DATABASES = {{"default": database_settings({pooler.url!r})}}
+        """
+    )
+    (tmp_path / "pooled_settings.py").write_text(settings + textwrap.dedent(changes))
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    env["DJANGO_SETTINGS_MODULE"] = "pooled_settings"
+    return subprocess.run(
+        [sys.executable, "-m", "forksafe", "doctor", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_doctor_recognises_pgbouncer_and_reports_each_limit(
+    pooler: PgBouncer, tmp_path: Path, driver: str
+) -> None:
+    proc = _doctor(pooler, tmp_path, driver, "--processes", "3", "--threads", "2", "--json")
+    report = json.loads(proc.stdout)
+    (server,) = report["databases"]
+    assert server["pooler"]["pool_mode"] == pooler.mode, proc.stdout
+    assert server["pooler"]["max_client_conn"] == 100
+    pool = server["pooler"]["pools"][pooler.dbname]
+    assert (pool["pool_size"], pool["server"]) == (20, f"127.0.0.1:{pooler.server_port}")
+    limits = {row["limit_name"]: row for row in server["limits"]}
+    assert limits["max_client_conn"]["demand"] == 6  # 3 processes x 2 threads x 1 alias
+    assert limits["pool_size + reserve_pool"]["limit"] == 20
+    assert limits["max_connections"]["demand"] == 6  # at most the pool's server connections
+    messages = [f["message"] for f in report["findings"]]
+    assert any(f"pools {pooler.dbname!r} in {pooler.mode} mode" in m for m in messages), messages
+    warnings = [f["message"] for f in report["findings"] if f["level"] == "warning"]
+    if pooler.mode == "transaction":  # the test settings keep server-side cursors on
+        assert proc.returncode == 1 and len(warnings) == 1, warnings
+        assert warnings[0].startswith("forksafe.W006: ")
+    else:
+        assert proc.returncode == 0 and warnings == [], proc.stdout
+
+
+def test_doctor_under_transaction_pooling_passes_with_the_settings_it_needs(
+    pooler: PgBouncer, tmp_path: Path, driver: str
+) -> None:
+    if pooler.mode != "transaction":
+        pytest.skip("transaction pooling only")
+    fixed = 'DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True\n'
+    proc = _doctor(pooler, tmp_path, driver, changes=fixed + 'FORKSAFE = {"POOLER": "transaction"}')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # A declaration that differs from what the console reports is a warning.
+    proc = _doctor(pooler, tmp_path, driver, changes=fixed + 'FORKSAFE = {"POOLER": "session"}')
+    assert proc.returncode == 1, proc.stdout
+    assert "FORKSAFE['POOLER'] says 'session' for alias 'default'" in proc.stdout
+
+
+def test_doctor_flags_conn_max_age_beyond_the_poolers_client_idle_timeout(
+    pooler: PgBouncer, through_pooler: str
+) -> None:
+    from django.db import connections
+
+    from forksafe import _pooler
+
+    _transaction_only(pooler)
+    settings = connections.settings[through_pooler]
+    settings.update(CONN_MAX_AGE=None, DISABLE_SERVER_SIDE_CURSORS=True)
+    pooler.admin("SET client_idle_timeout = 30")
+    try:
+        found = _pooler.read_console(*_pooler.console_params(through_pooler))
+    finally:
+        pooler.admin("SET client_idle_timeout = 0")
+    warnings = [
+        (m, h)
+        for level, m, h in _pooler.findings(found, [through_pooler], {})
+        if level == "warning"
+    ]
+    assert len(warnings) == 1, warnings
+    assert "closes clients idle for client_idle_timeout 30 s" in warnings[0][0]
+    assert "CONN_HEALTH_CHECKS = True" in warnings[0][1]
+    settings["CONN_HEALTH_CHECKS"] = True
+    assert not [f for f in _pooler.findings(found, [through_pooler], {}) if f[0] == "warning"]
+
+
+def test_fleet_through_pgbouncer_exits_1_naming_the_exceeded_limit(
+    pooler: PgBouncer, tmp_path: Path, driver: str
+) -> None:
+    _transaction_only(pooler)
+    (tmp_path / "big.toml").write_text(
+        "[groups.web]\nhosts = 6\nprocesses = 8\nthreads = 4\n"
+        "[groups.celery]\nhosts = 3\ncelery = 16\n"
+    )
+    proc = _doctor(pooler, tmp_path, driver, "--fleet", str(tmp_path / "big.toml"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    (clients,) = [line for line in lines if "max_client_conn" in line]
+    assert clients.split()[-3:] == ["240", "100", "EXCEEDS"], clients
+    (server,) = [line for line in lines if "max_connections" in line]
+    assert server.split()[-3] == "20" and server.split()[-1] == "ok", server  # the pool's 20
+    (tmp_path / "small.json").write_text('{"groups": {"web": {"hosts": 2, "processes": 4}}}')
+    proc = _doctor(pooler, tmp_path, driver, "--fleet", str(tmp_path / "small.json"), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert [(r["limit_name"], r["demand"], r["verdict"]) for r in report["limits"]] == [
+        ("max_client_conn", 8, "ok"),
+        ("pool_size + reserve_pool", 8, "ok"),
+        ("max_connections", 8, "ok"),
+    ]
+
+
+def test_pooler_console_given_by_url_is_used_and_a_refusing_one_exits_2(
+    pooler: PgBouncer, tmp_path: Path, driver: str
+) -> None:
+    _transaction_only(pooler)
+    console = f"postgresql://{pooler.user}@127.0.0.1:{pooler.port}/pgbouncer"
+    proc = _doctor(pooler, tmp_path, driver, "--pooler-console", console, "--json")
+    assert json.loads(proc.stdout)["databases"][0]["pooler"]["pool_mode"] == pooler.mode
+    refused = console.replace(f"{pooler.user}@", "nobody@")
+    proc = _doctor(pooler, tmp_path, driver, "--pooler-console", refused)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"forksafe doctor: error: --pooler-console 127.0.0.1:{pooler.port}: no PgBouncer"
+        ' console answers: FATAL: "trust" authentication failed'
+    ]
