@@ -4,6 +4,7 @@ Run it where the application runs (same settings, same environment)::
 
     forksafe doctor --settings mysite.settings --processes 4 --threads 8
     python manage.py forksafe_doctor --processes 4 --threads 8 --json
+    forksafe doctor --settings mysite.settings --fleet fleet.toml
 
 It reports, as findings:
 
@@ -16,11 +17,16 @@ It reports, as findings:
 * per database server: the sessions on each configured database now, by client
   address and state, ``max_connections``, and the worst-case demand of this
   deployment -- processes x threads x aliases on that server (a native pool
-  counts its own size per process) -- against ``max_connections``.
+  counts its own size per process) -- against ``max_connections``;
+* behind PgBouncer (see :mod:`forksafe._pooler`): its pools, the settings that
+  break under its pool mode, and the demand against each limit on the way.
+
+``--fleet FILE`` instead puts the worst case of groups of hosts (see
+:mod:`forksafe._fleet`) against every pooler and server limit, as a table.
 
 Exit code 0 when nothing is wrong, 1 when something is (a check error or
-warning, a database that does not answer, demand above ``max_connections``),
-2 for bad options. Everything runs in the calling thread of one process; the
+warning, a database that does not answer, demand above a limit), 2 for bad
+options or input (a fleet file, a console that does not answer). Everything runs in the calling thread of one process; the
 database connections it opens are its own and closed before it returns.
 """
 

@@ -231,3 +231,64 @@ def test_sizing_comes_from_the_environment_unless_given(monkeypatch: pytest.Monk
     assert (processes, threads) == (6, 4)
     assert "GUNICORN_CMD_ARGS --workers" in sizing
     assert detect_sizing(2, 8)[:2] == (2, 8)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (
+            "[groups.web]\nprocesses = 4\n[limits]\n",
+            "unknown key 'limits' (only 'groups' is known)",
+        ),
+        ("[groups.web]\nprocesses = -2\n", "group 'web': processes must be a whole number >= 0"),
+        ("[groups.web]\nprocesses = 2.5\n", "group 'web': processes must be a whole number >= 0"),
+        ("[groups.web]\nworkers = 4\n", "group 'web': unknown key 'workers'"),
+        ("[groups.web\n", "not valid TOML"),
+    ],
+)
+def test_bad_fleet_file_exits_2_with_one_clear_line(
+    tmp_path: Path, content: str, says: str
+) -> None:
+    (tmp_path / "fleet.toml").write_text(content)
+    proc = _run(CONSOLE, "doctor", "--fleet", str(tmp_path / "fleet.toml"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"forksafe doctor: error: {tmp_path / 'fleet.toml'}: "), line
+    assert says in line
+    assert proc.stdout == ""
+
+
+def test_fleet_with_counts_on_the_command_line_or_a_bad_console_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "fleet.json").write_text('{"groups": {"web": {"processes": 2}}}')
+    fleet = str(tmp_path / "fleet.json")
+    proc = _run(MANAGE, "--fleet", fleet, "--processes", "4")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "CommandError: --fleet takes the counts from the file: leave out --processes/--threads"
+    ]
+    proc = _run(CONSOLE, "doctor", "--pooler-console", "postgresql://u@127.0.0.1:1/pgbouncer")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "--pooler-console 127.0.0.1:1: no PostgreSQL alias in DATABASES connects there" in line
+
+
+@needs_server
+def test_fleet_against_the_database_server_exits_1_when_max_connections_is_exceeded(
+    tmp_path: Path,
+) -> None:
+    aliases = len(settings.DATABASES)
+    (tmp_path / "small.toml").write_text('[groups.web]\nprocesses = 2\naliases = ["default"]\n')
+    proc = _run(CONSOLE, "doctor", "--fleet", str(tmp_path / "small.toml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Every limit holds." in proc.stdout
+    (tmp_path / "big.toml").write_text("[groups.web]\nhosts = 100\nprocesses = 8\nthreads = 4\n")
+    proc = _run(MANAGE, "--fleet", str(tmp_path / "big.toml"), "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (row,) = json.loads(proc.stdout)["limits"]
+    assert row["limit_name"] == "max_connections" and row["verdict"] == "EXCEEDS"
+    pools = [db.get("OPTIONS", {}).get("pool") for db in settings.DATABASES.values()]
+    plain = aliases - sum(1 for p in pools if p)
+    expected = 100 * 8 * 4 * plain + sum(
+        100 * 8 * max(p["min_size"], min(4, p["max_size"])) for p in pools if p
+    )
+    assert row["demand"] == expected
