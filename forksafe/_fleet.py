@@ -271,7 +271,17 @@ def render(rows: list[Row], groups: list[Group]) -> str:
             f"{c} {what}" + (f" x {t} thread(s)" if t > 1 else "") for c, t, what in group.units()
         )
         aliases = ", ".join(group.aliases) if group.aliases is not None else "every alias"
-        lines.append(f"group {group.name}: {group.hosts} host(s), each {units}; {aliases}")
+        shares = ", ".join(
+            f"{row.groups[group.name]} on {row.target.strip()}"
+            for row in rows
+            if row.groups.get(group.name)
+        )
+        lines.append(
+            f"group {group.name}: {group.hosts} host(s), each {units}; {aliases}"
+            + (f" -> {shares}" if shares else "")
+        )
+    if not rows:
+        lines.append("No database server in DATABASES (SQLite only): nothing to size.")
     exceeded = [r for r in rows if r.exceeded]
     lines += ["", f"{len(exceeded)} limit(s) exceeded." if exceeded else "Every limit holds."]
     return "\n".join(lines) + "\n"

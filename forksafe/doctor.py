@@ -26,8 +26,9 @@ It reports, as findings:
 
 Exit code 0 when nothing is wrong, 1 when something is (a check error or
 warning, a database that does not answer, demand above a limit), 2 for bad
-options or input (a fleet file, a console that does not answer). Everything runs in the calling thread of one process; the
-database connections it opens are its own and closed before it returns.
+options or input (a fleet file, a console that does not answer). Everything
+runs in the calling thread of one process; the database connections it opens
+are its own and closed before it returns.
 """
 
 from __future__ import annotations
