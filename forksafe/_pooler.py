@@ -25,6 +25,7 @@ __all__ = [
     "Pool",
     "Pooler",
     "Problem",
+    "check_settings",
     "declared_modes",
     "connect_console",
     "invalid_declaration",
@@ -275,12 +276,16 @@ def settings_problems(alias: str, db: dict[str, Any], mode: str) -> list[Problem
 def pooler_messages() -> list[Any]:
     """The system checks for what the settings alone show (``forksafe.E004``, ``W006``-``W009``)."""
     from django.conf import settings
-    from django.core import checks
 
     from forksafe import conf
 
-    databases: dict[str, Any] = settings.DATABASES
-    declared = conf.raw_value("POOLER")
+    return check_settings(settings.DATABASES, conf.raw_value("POOLER"))
+
+
+def check_settings(databases: dict[str, Any], declared: Any) -> list[Any]:
+    """The check messages for ``DATABASES`` and ``FORKSAFE["POOLER"]`` (``declared``)."""
+    from django.core import checks
+
     why = invalid_declaration(databases, declared)
     if why is not None:
         return [

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.checks import CheckMessage
 from django.test import override_settings
 
 from forksafe import checks
+from forksafe._pooler import check_settings
 
 pytestmark = pytest.mark.nodb
 
@@ -17,9 +19,8 @@ SAFE = {**PG, "DISABLE_SERVER_SIDE_CURSORS": True}
 
 
 def _messages(databases: dict[str, Any], pooler: Any = None) -> list[CheckMessage]:
-    forksafe = {} if pooler is None else {"POOLER": pooler}
-    with override_settings(DATABASES=databases, FORKSAFE=forksafe):
-        return [m for m in checks.forksafe_checks() if m.id != "forksafe.W001"]
+    messages: list[CheckMessage] = check_settings(databases, pooler)
+    return messages
 
 
 def _ids(messages: list[CheckMessage]) -> list[str]:
@@ -90,3 +91,15 @@ def test_bad_pooler_declaration_is_one_error(pooler: Any, says: str) -> None:
     assert message.id == "forksafe.E004"
     assert says in message.msg
     assert "FORKSAFE['POOLER'] = 'transaction'" in str(message.hint)
+
+
+def test_the_checks_read_forksafe_pooler_from_the_settings() -> None:
+    """Through Django's check framework, with this run's DATABASES."""
+    postgres = [a for a, db in settings.DATABASES.items() if db["ENGINE"].endswith("postgresql")]
+    with override_settings(FORKSAFE={"POOLER": "transaction"}):
+        found = [m for m in checks.forksafe_checks() if m.id == "forksafe.W006"]
+    assert [m.msg.split("]")[0] for m in found] == [f"DATABASES[{a!r}" for a in postgres]
+    with override_settings(FORKSAFE={"POOLER": "transactions"}):
+        assert "forksafe.E004" in _ids(checks.forksafe_checks())
+    pooler_ids = {"forksafe.E004", "forksafe.W006", "forksafe.W007", "forksafe.W008"}
+    assert not pooler_ids & set(_ids(checks.forksafe_checks()))  # nothing declared: quiet
