@@ -101,11 +101,16 @@ def _first_line(exc: BaseException) -> str:
 def connect_console(database: Any, params: dict[str, Any], timeout: int = 5) -> Any:
     """A connection to the admin console with ``database`` (psycopg or psycopg2).
 
-    ``params``: ``host``, ``port``, ``user``, ``password`` (others are ignored).
+    ``params``: ``host``, ``port``, ``user``, ``password`` and libpq's ``ssl*``
+    options (others are ignored).
     Raises :class:`ConsoleError` when it does not answer, ``LookupError`` when
     PostgreSQL itself answers there (no pooler).
     """
-    kwargs = {k: params[k] for k in ("host", "port", "user", "password") if params.get(k)}
+    kwargs = {
+        k: v
+        for k, v in params.items()
+        if v and (k in ("host", "port", "user", "password") or k.startswith("ssl"))
+    }
     try:
         conn = database.connect(dbname="pgbouncer", connect_timeout=timeout, **kwargs)
     except database.Error as exc:
@@ -333,6 +338,8 @@ def console_params(alias: str) -> tuple[Any, dict[str, Any]]:
         "user": s.get("USER") or None,
         "password": s.get("PASSWORD") or None,
     }
+    options = s.get("OPTIONS") or {}
+    params.update({k: v for k, v in options.items() if str(k).startswith("ssl")})  # TLS as the app
     return connections[alias].Database, params  # type: ignore[attr-defined]
 
 

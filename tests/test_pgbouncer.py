@@ -113,10 +113,12 @@ def test_threads_close_their_pooler_connections_when_they_end(pooler: PgBouncer)
     assert plain["open_after"] > 1, ("control: ended plain threads keep theirs until the GC", plain)
 
 
-def _gunicorn(db_url: str) -> None:
-    """Skip (or with CI set, fail) without gunicorn; migrate the example project's tables."""
+@pytest.fixture(scope="module")
+def example_tables(db_url: str, driver: str) -> None:
+    """gunicorn is there (else skip, or with CI set, fail); the example project's tables."""
     from uwsgi_examples.run import migrate, missing
 
+    require_pgbouncer(driver)
     reason = missing("gunicorn")
     if reason is not None:
         if os.environ.get("CI"):
@@ -126,12 +128,11 @@ def _gunicorn(db_url: str) -> None:
 
 
 def test_preforked_gunicorn_workers_each_hold_their_own_pooler_connection(
-    pooler: PgBouncer, db_url: str
+    pooler: PgBouncer, example_tables: None
 ) -> None:
     from uwsgi_examples.load import fire
     from uwsgi_examples.run import Server
 
-    _gunicorn(db_url)
     eofs = pooler.unexpected_eofs()
     with Server("gunicorn", pooler.url, processes=3) as server:
         result = fire(server.url, requests=150, concurrency=12, timeout=10)
@@ -149,14 +150,13 @@ def test_preforked_gunicorn_workers_each_hold_their_own_pooler_connection(
 
 
 def test_control_plain_django_preforked_workers_share_the_arbiters_pooler_connection(
-    pooler: PgBouncer, db_url: str
+    pooler: PgBouncer, example_tables: None
 ) -> None:
     """Measured: 125 of 300 requests failed (HTTP 500), every worker on one client port."""
     from uwsgi_examples.load import fire
     from uwsgi_examples.run import Server
 
     _transaction_only(pooler, "the control")
-    _gunicorn(db_url)
     with Server("gunicorn", pooler.url, forksafe="0", processes=3) as server:
         result = fire(server.url, requests=60, concurrency=6, timeout=3)
         held = {pid: tcp_ports_of(pid, pooler.port) for pid in server.children()}
