@@ -143,6 +143,8 @@ class Row:
 
     @property
     def verdict(self) -> str:
+        if self.limit is None:
+            return "unknown"
         return "EXCEEDS" if self.exceeded else "queues" if self.over else "ok"
 
 
