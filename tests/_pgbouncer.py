@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -120,7 +121,7 @@ class PgBouncer:
         return ini
 
     def start(self, timeout: float = 15.0) -> PgBouncer:
-        """Start it; wait (at most ``timeout`` s) until its admin console answers."""
+        """Start it; wait (at most ``timeout`` s) until it listens."""
         ini = self._write_config()
         with open(self.dir / "pgbouncer.log", "wb") as log:
             self.proc = subprocess.Popen(
@@ -134,15 +135,17 @@ class PgBouncer:
         while True:
             if self.proc.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"pgbouncer exited ({self.proc.returncode}):\n{self.log()}")
-            try:
-                self.show("VERSION")
+                raise RuntimeError(
+                    f"pgbouncer exited ({self.proc.returncode}):\n{self.log()[-3000:]}"
+                )
+            try:  # listening (the console may refuse this user: a test may want that)
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return self
-            except Exception:
+            except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(
-                        f"pgbouncer did not answer in {timeout} s:\n{self.log()}"
+                        f"pgbouncer did not listen in {timeout} s:\n{self.log()[-3000:]}"
                     ) from None
                 time.sleep(0.05)
 

@@ -385,3 +385,23 @@ def test_pooler_console_given_by_url_is_used_and_a_refusing_one_exits_2(
         f"forksafe doctor: error: --pooler-console 127.0.0.1:{pooler.port}: no PgBouncer"
         ' console answers: FATAL: "trust" authentication failed'
     ]
+
+
+def test_a_declared_pooler_whose_console_refuses_is_a_warning_and_stops_the_fleet(
+    tmp_path: Path, db_url: str, driver: str
+) -> None:
+    """Single host: a finding that says what to do; --fleet cannot size without it: exit 2."""
+    exe = require_pgbouncer(driver)
+    (tmp_path / "fleet.toml").write_text("[groups.web]\nprocesses = 2\n")
+    declared = 'FORKSAFE = {"POOLER": "transaction"}\n'
+    with PgBouncer(exe, db_url, settings={"admin_users": "nobody"}) as refusing:
+        single = _doctor(refusing, tmp_path, driver, changes=declared)
+        fleet = _doctor(refusing, tmp_path, driver, "--fleet", str(tmp_path / "fleet.toml"))
+    assert single.returncode == 1, single.stdout + single.stderr
+    assert "no PgBouncer console: FATAL: not allowed" in single.stdout
+    assert "add USER 'postgres' to stats_users" in single.stdout
+    assert fleet.returncode == 2, fleet.stdout + fleet.stderr
+    assert fleet.stderr.strip().splitlines() == [
+        f"forksafe doctor: error: pgbouncer 127.0.0.1:{refusing.port}: its admin console does"
+        " not answer: FATAL: not allowed"
+    ]
