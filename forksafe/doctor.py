@@ -37,7 +37,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import NoReturn
 
-from forksafe import _sessions, conf
+from forksafe import _sessions, conf, uwsgi
 
 __all__ = ["DatabaseServer", "Finding", "Report", "add_arguments", "main", "run_doctor"]
 
@@ -160,13 +160,13 @@ def detect_servers() -> dict[str, str]:
 
     Read from this process's environment and importable packages only.
     """
-    uwsgi_env = sorted(k for k in os.environ if k.startswith("UWSGI_"))
+    running, configured = uwsgi.server_facts(), uwsgi.configured_facts()
     found = {
         "uwsgi": (
             "running (inside uWSGI)"
-            if _installed("uwsgi")
-            else f"configured by environment ({', '.join(uwsgi_env)})"
-            if uwsgi_env
+            if running is not None
+            else f"configured by {configured.source}"
+            if configured is not None
             else "installed"
             if _installed("uwsgidecorators") or shutil.which("uwsgi")
             else ""
@@ -189,20 +189,21 @@ def detect_servers() -> dict[str, str]:
 def detect_sizing(processes: int | None, threads: int | None) -> tuple[int, int, str]:
     """Processes and threads per process of the deployment, and where the figures came from.
 
-    Given values win; otherwise ``UWSGI_PROCESSES``/``UWSGI_THREADS``,
-    ``GUNICORN_CMD_ARGS`` (``--workers``, ``--threads``), ``WEB_CONCURRENCY``; else 1.
+    Given values win; otherwise uWSGI's ``processes``/``threads`` (inside
+    uWSGI, or from ``UWSGI_PROCESSES``/``UWSGI_THREADS``), ``GUNICORN_CMD_ARGS``
+    (``--workers``, ``--threads``), ``WEB_CONCURRENCY``; else 1.
     """
     gunicorn = _gunicorn_args()
+    facts = uwsgi.server_facts() or uwsgi.configured_facts()
     p_sources = [
         ("--processes", processes),
-        ("UWSGI_PROCESSES", _env_int("UWSGI_PROCESSES")),
-        ("UWSGI_WORKERS", _env_int("UWSGI_WORKERS")),
+        ("uWSGI processes", facts and facts.processes),
         ("GUNICORN_CMD_ARGS --workers", gunicorn.get("workers")),
         ("WEB_CONCURRENCY", _env_int("WEB_CONCURRENCY")),
     ]
     t_sources = [
         ("--threads", threads),
-        ("UWSGI_THREADS", _env_int("UWSGI_THREADS")),
+        ("uWSGI threads", facts and facts.threads),
         ("GUNICORN_CMD_ARGS --threads", gunicorn.get("threads")),
     ]
     p_name, p = next(((n, v) for n, v in p_sources if v), ("default", 1))
