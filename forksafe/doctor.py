@@ -234,15 +234,15 @@ def _environment_findings(hooks: bool, servers: dict[str, str]) -> list[Finding]
     findings.append(Finding("info", "settings", f"FORKSAFE: {options}"))
     for name, state in servers.items():
         findings.append(Finding("info", name, state))
-    if servers["uwsgi"].startswith(("running", "configured")):
-        findings.append(
-            Finding(
-                "info",
-                "uwsgi",
-                "uWSGI forks in C: forksafe detaches the workers' inherited connections"
-                " through uwsgidecorators' postfork chain, which needs 'master = true'",
-            )
+    facts = uwsgi.server_facts() or uwsgi.configured_facts()
+    if facts is not None:
+        text = (
+            "uWSGI forks in C: forksafe detaches the workers' inherited connections"
+            " through uwsgidecorators' postfork chain, which needs 'master = true'"
         )
+        if facts.lazy_apps:
+            text += "; with lazy-apps each worker loads the app after the fork"
+        findings.append(Finding("info", "uwsgi", text))
     return findings
 
 
