@@ -33,6 +33,7 @@ from django.core import checks
 
 from forksafe import conf
 from forksafe._pooler import pooler_messages
+from forksafe.uwsgi import ServerFacts, server_facts
 
 __all__ = ["log_server_warnings", "register"]
 
@@ -103,30 +104,12 @@ def _pool_without_hooks() -> list[checks.CheckMessage]:
     ]
 
 
-def _uwsgi_options() -> dict[str, Any] | None:
-    """uWSGI's options when running inside uWSGI, else None."""
-    try:
-        import uwsgi
-    except ImportError:
-        return None
-    opt = getattr(uwsgi, "opt", None)
-    return dict(opt) if opt is not None else {}
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if isinstance(value, list):
-        return any(_truthy(v) for v in value)
-    return str(value).strip().lower() not in ("", "0", "false", "no", "off")
-
-
-def uwsgi_messages(opt: dict[str, Any] | None) -> list[checks.CheckMessage]:
-    """W002/W003 for uWSGI options ``opt`` (``uwsgi.opt``); ``[]`` outside uWSGI."""
-    if opt is None:
+def uwsgi_messages(facts: ServerFacts | None) -> list[checks.CheckMessage]:
+    """W002/W003 for the uWSGI server ``facts`` describe; ``[]`` outside uWSGI (None)."""
+    if facts is None:
         return []
     messages: list[checks.CheckMessage] = []
-    if not _truthy(opt.get("master", False)):
+    if not facts.master:
         messages.append(
             checks.Warning(
                 "uWSGI runs without 'master': uwsgidecorators refuses to run postfork"
@@ -137,15 +120,12 @@ def uwsgi_messages(opt: dict[str, Any] | None) -> list[checks.CheckMessage]:
                 id="forksafe.W002",
             )
         )
-    threads_on = (
-        _truthy(opt.get("enable-threads", False)) or int(_last(opt.get("threads", 0)) or 0) > 1
-    )
     needs = []
     if conf.get("THREADS"):
         needs.append("FORKSAFE['THREADS']")
     if _pool_aliases():
         needs.append("Django's native pool")
-    if not threads_on and needs:
+    if not facts.python_threads and needs:
         messages.append(
             checks.Warning(
                 f"uWSGI runs without Python threads, but {' and '.join(needs)} rely on"
@@ -157,17 +137,8 @@ def uwsgi_messages(opt: dict[str, Any] | None) -> list[checks.CheckMessage]:
     return messages
 
 
-def _last(value: Any) -> Any:
-    """The value of a uWSGI option: the last one given when it was repeated."""
-    if isinstance(value, list):
-        value = value[-1] if value else 0
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    return value
-
-
 def _uwsgi_checks() -> list[checks.CheckMessage]:
-    return uwsgi_messages(_uwsgi_options())
+    return uwsgi_messages(server_facts())
 
 
 def forksafe_checks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

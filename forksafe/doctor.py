@@ -45,7 +45,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
-from forksafe import _fleet, _pooler, _sessions, conf
+from forksafe import _fleet, _pooler, _sessions, conf, uwsgi
 
 __all__ = [
     "DatabaseServer",
@@ -182,13 +182,13 @@ def detect_servers() -> dict[str, str]:
 
     Read from this process's environment and importable packages only.
     """
-    uwsgi_env = sorted(k for k in os.environ if k.startswith("UWSGI_"))
+    running, configured = uwsgi.server_facts(), uwsgi.configured_facts()
     found = {
         "uwsgi": (
             "running (inside uWSGI)"
-            if _installed("uwsgi")
-            else f"configured by environment ({', '.join(uwsgi_env)})"
-            if uwsgi_env
+            if running is not None
+            else f"configured by {configured.source}"
+            if configured is not None
             else "installed"
             if _installed("uwsgidecorators") or shutil.which("uwsgi")
             else ""
@@ -211,20 +211,21 @@ def detect_servers() -> dict[str, str]:
 def detect_sizing(processes: int | None, threads: int | None) -> tuple[int, int, str]:
     """Processes and threads per process of the deployment, and where the figures came from.
 
-    Given values win; otherwise ``UWSGI_PROCESSES``/``UWSGI_THREADS``,
-    ``GUNICORN_CMD_ARGS`` (``--workers``, ``--threads``), ``WEB_CONCURRENCY``; else 1.
+    Given values win; otherwise uWSGI's ``processes``/``threads`` (inside
+    uWSGI, or from ``UWSGI_PROCESSES``/``UWSGI_THREADS``), ``GUNICORN_CMD_ARGS``
+    (``--workers``, ``--threads``), ``WEB_CONCURRENCY``; else 1.
     """
     gunicorn = _gunicorn_args()
+    facts = uwsgi.server_facts() or uwsgi.configured_facts()
     p_sources = [
         ("--processes", processes),
-        ("UWSGI_PROCESSES", _env_int("UWSGI_PROCESSES")),
-        ("UWSGI_WORKERS", _env_int("UWSGI_WORKERS")),
+        ("uWSGI processes", facts and facts.processes),
         ("GUNICORN_CMD_ARGS --workers", gunicorn.get("workers")),
         ("WEB_CONCURRENCY", _env_int("WEB_CONCURRENCY")),
     ]
     t_sources = [
         ("--threads", threads),
-        ("UWSGI_THREADS", _env_int("UWSGI_THREADS")),
+        ("uWSGI threads", facts and facts.threads),
         ("GUNICORN_CMD_ARGS --threads", gunicorn.get("threads")),
     ]
     p_name, p = next(((n, v) for n, v in p_sources if v), ("default", 1))
@@ -255,15 +256,15 @@ def _environment_findings(hooks: bool, servers: dict[str, str]) -> list[Finding]
     findings.append(Finding("info", "settings", f"FORKSAFE: {options}"))
     for name, state in servers.items():
         findings.append(Finding("info", name, state))
-    if servers["uwsgi"].startswith(("running", "configured")):
-        findings.append(
-            Finding(
-                "info",
-                "uwsgi",
-                "uWSGI forks in C: forksafe detaches the workers' inherited connections"
-                " through uwsgidecorators' postfork chain, which needs 'master = true'",
-            )
+    facts = uwsgi.server_facts() or uwsgi.configured_facts()
+    if facts is not None:
+        text = (
+            "uWSGI forks in C: forksafe detaches the workers' inherited connections"
+            " through uwsgidecorators' postfork chain, which needs 'master = true'"
         )
+        if facts.lazy_apps:
+            text += "; with lazy-apps each worker loads the app after the fork"
+        findings.append(Finding("info", "uwsgi", text))
     return findings
 
 

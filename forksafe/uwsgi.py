@@ -32,14 +32,25 @@ then :func:`install` logs a warning saying to enable ``master`` or to call
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from forksafe._fork import after_fork_in_child
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["install", "install_if_under_uwsgi", "running_under_uwsgi"]
+__all__ = [
+    "ServerFacts",
+    "configured_facts",
+    "facts_from_options",
+    "install",
+    "install_if_under_uwsgi",
+    "running_under_uwsgi",
+    "server_facts",
+]
 
 _installed = False
 
@@ -51,6 +62,77 @@ def running_under_uwsgi() -> bool:
     installs the server binary and ``uwsgidecorators``, not that module).
     """
     return "uwsgi" in sys.modules or "uwsgi" in sys.builtin_module_names
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What forksafe needs to know about a uWSGI server: the one place that reads it."""
+
+    source: str  # "uwsgi.opt" inside uWSGI, else "environment (UWSGI_...)"
+    master: bool
+    python_threads: bool  # enable-threads, or threads > 1: Python threads run between requests
+    lazy_apps: bool
+    processes: int | None
+    threads: int | None
+
+
+def _last(value: Any) -> Any:
+    """An option's value: the last one given when it was repeated; text, not bytes."""
+    if isinstance(value, list):
+        value = value[-1] if value else ""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    return str(_last(value)).strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _count(value: Any) -> int | None:
+    text = str(_last(value)).strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def facts_from_options(
+    options: Mapping[str, Any], *, source: str = "uwsgi.opt", master: bool | None = None
+) -> ServerFacts:
+    """Read :class:`ServerFacts` from uWSGI options as ``uwsgi.opt`` holds them.
+
+    Flags are ``True``, values bytes, repeated options lists. ``master``, when
+    given, wins over the ``master`` option (``uwsgi.masterpid()`` knows).
+    """
+    threads = _count(options.get("threads", ""))
+    return ServerFacts(
+        source=source,
+        master=_flag(options.get("master", False)) if master is None else master,
+        python_threads=_flag(options.get("enable-threads", False)) or (threads or 0) > 1,
+        lazy_apps=_flag(options.get("lazy-apps", False)) or _flag(options.get("lazy", False)),
+        processes=_count(options.get("processes", "")) or _count(options.get("workers", "")),
+        threads=threads,
+    )
+
+
+def server_facts() -> ServerFacts | None:
+    """Return the facts of the uWSGI server running this interpreter; None outside uWSGI."""
+    if not running_under_uwsgi():
+        return None
+    import uwsgi
+
+    return facts_from_options(getattr(uwsgi, "opt", {}), master=bool(uwsgi.masterpid()))
+
+
+def configured_facts(environ: Mapping[str, str] = os.environ) -> ServerFacts | None:
+    """Return the facts that ``UWSGI_*`` variables configure; None when none is set.
+
+    uWSGI reads every option from a variable too (``enable-threads``:
+    ``UWSGI_ENABLE_THREADS``): what ``forksafe doctor`` sees outside the server.
+    """
+    names = sorted(k for k in environ if k.startswith("UWSGI_"))
+    if not names:
+        return None
+    options = {k[6:].lower().replace("_", "-"): environ[k] for k in names}
+    return facts_from_options(options, source=f"environment ({', '.join(names)})")
 
 
 def _post_fork() -> None:
@@ -81,9 +163,8 @@ def install() -> bool:
             " install. os.fork() is covered by forksafe.install()'s at-fork hooks."
         )
         return False
-    import uwsgi
-
-    if not uwsgi.masterpid():
+    facts = server_facts()
+    if facts is not None and not facts.master:
         logger.warning(
             "forksafe.uwsgi: uWSGI runs without its master process, so its post-fork hook"
             " chain (uwsgidecorators) is not available and workers would keep the"
@@ -92,6 +173,8 @@ def install() -> bool:
             " your own uwsgi.post_fork_hook."
         )
         return False
+    import uwsgi
+
     previous: Any = getattr(uwsgi, "post_fork_hook", None)
     # Its first import replaces uwsgi.post_fork_hook with the chain.
     import uwsgidecorators

@@ -12,6 +12,7 @@ from django.core.checks import CheckMessage
 from django.test import override_settings
 
 from forksafe import checks, conf
+from forksafe.uwsgi import configured_facts, facts_from_options
 
 pytestmark = pytest.mark.nodb
 
@@ -103,7 +104,18 @@ def test_native_pool_with_fork_hooks_is_quiet() -> None:
 )
 def test_uwsgi_checks(opt: dict[str, Any], setting: dict[str, Any], expected: list[str]) -> None:
     with override_settings(FORKSAFE=setting):
-        assert _ids(checks.uwsgi_messages(opt)) == expected
+        assert _ids(checks.uwsgi_messages(facts_from_options(opt))) == expected
+
+
+def test_uwsgi_facts_come_from_the_uwsgi_environment_variables_outside_the_server() -> None:
+    assert configured_facts({"PATH": "/bin"}) is None
+    facts = configured_facts(
+        {"UWSGI_MASTER": "1", "UWSGI_WORKERS": "4", "UWSGI_ENABLE_THREADS": "true"}
+    )
+    assert facts is not None
+    assert (facts.master, facts.python_threads, facts.lazy_apps) == (True, True, False)
+    assert (facts.processes, facts.threads) == (4, None)
+    assert facts.source == "environment (UWSGI_ENABLE_THREADS, UWSGI_MASTER, UWSGI_WORKERS)"
 
 
 def test_uwsgi_checks_are_quiet_outside_uwsgi() -> None:

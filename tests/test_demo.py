@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from forksafe.demo import UWSGI_NEEDS_CHECKOUT
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/forksafe_nowhere"
 
@@ -130,6 +133,35 @@ def test_demo_on_sqlite_runs_without_the_demo_extra_and_a_server_url_names_it(
     assert hidden.returncode == 2, hidden.stderr
     assert "pip install 'forksafe[demo]'" in hidden.stderr, hidden.stderr
     assert hidden.stderr.count("\n") == 1, hidden.stderr
+
+
+@pytest.mark.nodb
+def test_demo_from_an_installed_package_says_in_one_line_how_to_see_the_uwsgi_rows(
+    vendor: str, tmp_path: Path
+) -> None:
+    """forksafe/ alone on the path, as a wheel installs it (``-S``: no editable .pth)."""
+    if vendor != "sqlite":
+        pytest.skip("the SQLite demo runs once, in the sqlite3 run")
+    import django
+
+    import forksafe
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(forksafe.__file__).parent, site / "forksafe")
+    env = dict(os.environ)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(Path(django.__file__).parents[1])])
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "forksafe", "demo", "--only", "uwsgi"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("skipped:")]
+    assert skipped == [f"skipped: {UWSGI_NEEDS_CHECKOUT}"], proc.stdout
 
 
 def test_demo_on_the_server_database_shows_the_bugs_without_forksafe_and_none_with_it(

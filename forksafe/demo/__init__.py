@@ -34,6 +34,12 @@ UWSGI_WORKERS = 4
 UWSGI_REQUESTS = 200
 UWSGI_CONCURRENCY = 16
 UWSGI_TIMEOUT = 3.0  # seconds per request: a worker stuck on a shared session is an error
+# The uWSGI rows run the example project that the server tests use (a Django project, its
+# ini files, a server runner and a load generator); the wheel ships the library only.
+UWSGI_NEEDS_CHECKOUT = (
+    "the uWSGI rows run the example project of a forksafe checkout (uwsgi_examples/, not"
+    " in the wheel); from a checkout: python3 dev.py demo --only uwsgi"
+)
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ def _uwsgi_examples() -> tuple[Any, Any, str | None]:
         import uwsgi_examples.run as run
     except ImportError:
         if not (checkout / "uwsgi_examples" / "run.py").exists():
-            return None, None, "uwsgi_examples/ is not installed with forksafe: run from a checkout"
+            return None, None, UWSGI_NEEDS_CHECKOUT
         sys.path.insert(0, str(checkout))
         import uwsgi_examples.load as load
         import uwsgi_examples.run as run

@@ -327,10 +327,11 @@ def scenario_threads_timeline(exit_path: str, result: Result) -> None:
         backend_id()
         time.sleep(0.2)
 
+    # 50 sessions of the previous run (another process) may still be ending. Counted
+    # before the sampler starts: its own counting session would be in the baseline.
+    result.sessions_before = quiet_sessions(timeout=10, stable_for=0.6)
     watcher = threading.Thread(target=sampler)
     watcher.start()
-    # 50 sessions of the previous run (another process) may still be ending.
-    result.sessions_before = quiet_sessions(timeout=10, stable_for=0.6)
     result.extra["started"] = round(time.monotonic() - start, 4)
     threads = [thread_class(target=short_task) for _ in range(50)]
     for t in threads:
