@@ -1,0 +1,154 @@
+"""Running real ``rq worker`` and ``celery worker`` processes from the tests, with deadlines.
+
+Workers run in subprocesses with this worktree first on ``PYTHONPATH``, the
+run's driver settings (``tests.queues.settings`` on top of them) and a Redis
+database of their own (``FORKSAFE_TEST_REDIS_URL``, default database 5) with
+a queue name unique to each test. Closing "cleanly" is judged by the server's
+own counter of abandoned sessions (PostgreSQL ``sessions_abandoned`` of the
+test database, MariaDB's global ``Aborted_clients``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+try:
+    from forksafe._sessions import abandoned_sessions
+except ImportError:  # TEMPORARY until the Architecture commit is merged
+
+    def abandoned_sessions(alias: str = "default") -> int | None:
+        from forksafe._sessions import own_connection
+
+        conn = own_connection(alias)
+        try:
+            with conn.cursor() as cursor:
+                if conn.vendor == "postgresql":
+                    cursor.execute("SELECT pg_stat_clear_snapshot()")
+                    cursor.execute(
+                        "SELECT sessions_abandoned FROM pg_stat_database"
+                        " WHERE datname = current_database()"
+                    )
+                elif conn.vendor == "mysql":
+                    cursor.execute("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")
+                else:
+                    return None
+                row = cursor.fetchone()
+        finally:
+            conn.close()
+        return int(row[-1])
+
+REDIS_URL = os.environ.get("FORKSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEAVY_DRIVERS = ("psycopg", "mysqlclient")
+
+
+def require_redis() -> None:
+    """Skip when Redis does not answer -- fail instead when ``CI`` is set."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        message = f"no Redis at {REDIS_URL} ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set and Redis is missing: {message}. Start it (see .ci/run).")
+        pytest.skip(message)
+
+
+def require_heavy_driver(driver: str) -> None:
+    """Real worker processes cost seconds: run them for psycopg and mysqlclient only."""
+    if driver not in HEAVY_DRIVERS:
+        pytest.skip(
+            f"real task-queue workers run for {' and '.join(HEAVY_DRIVERS)} only (CI time);"
+            f" {driver} shares their code paths"
+        )
+
+
+def unique_name(prefix: str) -> str:
+    return f"forksafe-{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def worker_env(driver: str, **extra: str) -> dict[str, str]:
+    """The environment of a worker subprocess for this run's driver."""
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        DJANGO_SETTINGS_MODULE="tests.queues.settings",
+        FORKSAFE_TEST_BASE_SETTINGS=f"tests.settings.{driver}",
+        FORKSAFE_TEST_REDIS_URL=REDIS_URL,
+    )
+    env.update(extra)
+    return env
+
+
+def run_worker(args: list[str], env: dict[str, str], timeout: float = 90) -> str:
+    """Run a worker to its end (burst mode); fail the test with its output if it fails."""
+    try:
+        proc = subprocess.run(
+            args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{args[:4]} did not finish within {timeout}s:\n{exc.stderr!r}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    return output
+
+
+def start_worker(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start a long-running worker; stop it with :func:`stop_worker`."""
+    return subprocess.Popen(
+        args,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[str], sig: int, timeout: float = 60) -> str:
+    """Send ``sig`` (SIGTERM: Celery's warm shutdown) and wait for the exit; its output."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate(timeout=10)
+        pytest.fail(f"the worker did not stop within {timeout}s:\n{output[-6000:]}")
+    return output
+
+
+def settled_abandoned(alias: str = "default", timeout: float = 10.0) -> int:
+    """The server's abandoned-session counter once it stopped moving.
+
+    A backend reports its end when it exits, a moment after its client went
+    away; read until two readings ``0.5`` s apart agree.
+    """
+    last = abandoned_sessions(alias)
+    assert last is not None, "abandoned sessions are only counted by a server"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = abandoned_sessions(alias)
+        assert now is not None
+        if now == last:
+            break
+        last = now
+    return last
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def results(values: list[Any]) -> list[Any]:
+    """Results come back as JSON lists: make them tuples."""
+    return [tuple(v) if isinstance(v, list) else v for v in values]
