@@ -11,6 +11,7 @@ test database, MariaDB's global ``Aborted_clients``).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -152,3 +153,83 @@ def python_module(module: str, *args: str) -> list[str]:
 def results(values: list[Any]) -> list[Any]:
     """Results come back as JSON lists: make them tuples."""
     return [tuple(v) if isinstance(v, list) else v for v in values]
+
+
+class CeleryWorker:
+    """A real ``celery worker`` on a queue of its own, and a client to call its tasks.
+
+    ``mode``: see ``tests.queues.celery_app``. ``stop()`` is a warm shutdown (SIGTERM).
+    """
+
+    def __init__(
+        self,
+        driver: str,
+        *,
+        mode: str,
+        pool: str = "prefork",
+        concurrency: int = 1,
+        max_tasks_per_child: int | None = None,
+        conn_max_age: str | None = "None",
+    ) -> None:
+        from celery import Celery
+
+        self.queue = unique_name("celery")
+        env = worker_env(driver, FORKSAFE_TEST_CELERY_MODE=mode)
+        if conn_max_age is not None:
+            env["FORKSAFE_TEST_CONN_MAX_AGE"] = conn_max_age
+        args = python_module(
+            "celery",
+            "-A",
+            "tests.queues.celery_app",
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--queues",
+            self.queue,
+            "--hostname",
+            f"{self.queue}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        )
+        if max_tasks_per_child is not None:
+            args += ["--max-tasks-per-child", str(max_tasks_per_child)]
+        self.client = Celery("forksafe_test_client", broker=REDIS_URL, backend=REDIS_URL)
+        self.proc = start_worker(args, env)
+        self.output = ""
+
+    def _result(self, name: str, args: tuple[Any, ...], timeout: float) -> Any:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        result = self.client.send_task(
+            f"tests.queues.celery_app.{name}", args=list(args), queue=self.queue
+        )
+        try:
+            result.get(timeout=timeout, propagate=False)
+        except CeleryTimeout:
+            pytest.fail(f"task {name} got no result within {timeout}s:\n{self.stop()[-6000:]}")
+        return result
+
+    def call(self, name: str, *args: Any, timeout: float = 60) -> Any:
+        """Run task ``name``; return its result (JSON lists become tuples)."""
+        result = self._result(name, args, timeout)
+        assert result.successful(), f"{name} failed: {result.result!r}"
+        value = result.result
+        return tuple(value) if isinstance(value, list) else value
+
+    def fail(self, name: str, *args: Any, timeout: float = 60) -> str:
+        """Run task ``name``, which must fail; return the name of its exception's class."""
+        result = self._result(name, args, timeout)
+        assert result.failed(), f"{name} did not fail: {result.result!r}"
+        return type(result.result).__name__
+
+    def stop(self) -> str:
+        """Warm shutdown; the worker's output."""
+        if self.proc.returncode is None:
+            self.output = stop_worker(self.proc, signal.SIGTERM)
+            self.client.close()
+        return self.output
