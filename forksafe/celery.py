@@ -45,7 +45,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
         "forksafe.celery needs Celery: pip install 'forksafe[celery]'", name=exc.name
     ) from exc
 
-from forksafe import _exit, _tasks, install as _install_hooks
+from forksafe import _exit, _tasks
+from forksafe import install as _install_hooks
 
 logger = logging.getLogger("forksafe")
 

@@ -114,7 +114,7 @@ class WorkerMixin(_Base):
 
     def teardown(self) -> None:
         """Unregister the worker (see RQ); then close the worker process's connections."""
-        super().teardown()
+        super().teardown()  # type: ignore[no-untyped-call]
         if not self.is_horse:
             _exit.close_own_connections()
 

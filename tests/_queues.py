@@ -45,6 +45,7 @@ except ImportError:  # TEMPORARY until the Architecture commit is merged
             conn.close()
         return int(row[-1])
 
+
 REDIS_URL = os.environ.get("FORKSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY_DRIVERS = ("psycopg", "mysqlclient")

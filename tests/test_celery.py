@@ -123,7 +123,7 @@ def test_install_takes_a_celery_app() -> None:
     import forksafe.celery
 
     with pytest.raises(TypeError, match="takes a Celery app, not 'proj'"):
-        forksafe.celery.install("proj")  # type: ignore[arg-type]
+        forksafe.celery.install("proj")
 
 
 @pytest.mark.nodb

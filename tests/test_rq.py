@@ -112,5 +112,5 @@ def test_mixin_after_the_rq_class_is_a_type_error_saying_where_it_goes() -> None
 
     with pytest.raises(TypeError, match=r"must come before .* class Mine\(WorkerMixin"):
 
-        class Mine(SimpleWorker, WorkerMixin):  # type: ignore[misc]
+        class Mine(SimpleWorker, WorkerMixin):
             pass

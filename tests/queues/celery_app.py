@@ -36,7 +36,6 @@ elif MODE == "django-rules":
 
     import forksafe.celery
 
-    @signals.worker_init.connect(weak=False)
     def _replace_fixup_closing(**kwargs: Any) -> None:
         forksafe.celery._stop_fixup_closing(app)
         signals.task_prerun.connect(_django_rules, weak=False)
@@ -45,17 +44,9 @@ elif MODE == "django-rules":
     def _django_rules(**kwargs: Any) -> None:
         close_old_connections()
 
+    signals.worker_init.connect(_replace_fixup_closing, weak=False)
 
-@app.task
-def query(alias: str = "default") -> tuple[int, int]:
-    return jobs.query(alias)
-
-
-@app.task(soft_time_limit=1)
-def slow_query(seconds: int) -> None:
-    jobs.slow_query(seconds)
-
-
-@app.task
-def database_error() -> None:
-    jobs.database_error()
+# The RQ jobs, as tasks named after this module.
+query = app.task(name=f"{__name__}.query")(jobs.query)
+slow_query = app.task(name=f"{__name__}.slow_query", soft_time_limit=1)(jobs.slow_query)
+database_error = app.task(name=f"{__name__}.database_error")(jobs.database_error)
