@@ -159,7 +159,8 @@ def results(values: list[Any]) -> list[Any]:
 class CeleryWorker:
     """A real ``celery worker`` on a queue of its own, and a client to call its tasks.
 
-    ``mode``: see ``tests.queues.celery_app``. ``stop()`` is a warm shutdown (SIGTERM).
+    ``mode``: see ``tests.queues.celery_app``; ``plain``: without forksafe's Django app.
+    ``stop()`` is a warm shutdown (SIGTERM).
     """
 
     def __init__(
@@ -171,11 +172,14 @@ class CeleryWorker:
         concurrency: int = 1,
         max_tasks_per_child: int | None = None,
         conn_max_age: str | None = "None",
+        plain: bool = False,
     ) -> None:
         from celery import Celery
 
         self.queue = unique_name("celery")
         env = worker_env(driver, FORKSAFE_TEST_CELERY_MODE=mode)
+        if plain:
+            env["FORKSAFE_TEST_PLAIN"] = "1"
         if conn_max_age is not None:
             env["FORKSAFE_TEST_CONN_MAX_AGE"] = conn_max_age
         args = python_module(

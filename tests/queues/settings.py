@@ -19,3 +19,7 @@ if _max_age is not None:
             **DATABASES[_alias],  # type: ignore[name-defined] # noqa: F821
             "CONN_MAX_AGE": None if _max_age == "None" else int(_max_age),
         }
+
+if os.environ.get("FORKSAFE_TEST_PLAIN"):
+    # No forksafe at all in the worker (controls and benchmark baselines).
+    INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "forksafe"]  # type: ignore[name-defined] # noqa: F821
