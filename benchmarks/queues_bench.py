@@ -94,10 +94,10 @@ def bench_rq(driver: str, n: int, repeat: int) -> None:
     from redis import Redis
     from rq import Queue
 
+    from tests._abandoned import settled_abandoned
     from tests._queues import (
         REDIS_URL,
         python_module,
-        settled_abandoned,
         start_worker,
         stop_worker,
         unique_name,

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from forksafe import _conn, _registry
+from forksafe import _closing, _registry
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -117,7 +117,7 @@ def between_tasks(error: BaseException | None = None) -> None:
         if not (interrupted or close_all):
             continue
         try:
-            _conn.close_owned(wrapper, in_atomic="close", shared="close")
+            _closing.close_owned(wrapper, in_atomic="close", shared="close")
         except Exception:
             logger.warning(
                 "forksafe: closing connection %r after %s failed",

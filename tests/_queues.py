@@ -14,37 +14,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from typing import Any
 
 import pytest
-
-try:
-    from forksafe._sessions import abandoned_sessions
-except ImportError:  # TEMPORARY until the Architecture commit is merged
-
-    def abandoned_sessions(alias: str = "default") -> int | None:
-        from forksafe._sessions import own_connection
-
-        conn = own_connection(alias)
-        try:
-            with conn.cursor() as cursor:
-                if conn.vendor == "postgresql":
-                    cursor.execute("SELECT pg_stat_clear_snapshot()")
-                    cursor.execute(
-                        "SELECT sessions_abandoned FROM pg_stat_database"
-                        " WHERE datname = current_database()"
-                    )
-                elif conn.vendor == "mysql":
-                    cursor.execute("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")
-                else:
-                    return None
-                row = cursor.fetchone()
-        finally:
-            conn.close()
-        return int(row[-1])
-
 
 REDIS_URL = os.environ.get("FORKSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,32 +101,8 @@ def stop_worker(proc: subprocess.Popen[str], sig: int, timeout: float = 60) -> s
     return output
 
 
-def settled_abandoned(alias: str = "default", timeout: float = 10.0) -> int:
-    """The server's abandoned-session counter once it stopped moving.
-
-    A backend reports its end when it exits, a moment after its client went
-    away; read until two readings ``0.5`` s apart agree.
-    """
-    last = abandoned_sessions(alias)
-    assert last is not None, "abandoned sessions are only counted by a server"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = abandoned_sessions(alias)
-        assert now is not None
-        if now == last:
-            break
-        last = now
-    return last
-
-
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
-
-
-def results(values: list[Any]) -> list[Any]:
-    """Results come back as JSON lists: make them tuples."""
-    return [tuple(v) if isinstance(v, list) else v for v in values]
 
 
 class CeleryWorker:

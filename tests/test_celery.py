@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests._queues import ROOT, CeleryWorker, require_heavy_driver, require_redis, settled_abandoned
+from tests._abandoned import settled_abandoned
+from tests._queues import ROOT, CeleryWorker, require_heavy_driver, require_redis
 
 Start = Callable[..., CeleryWorker]
 

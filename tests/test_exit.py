@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 import forksafe
-from forksafe._scenarios import backend_id
-from tests._queues import ROOT, require_heavy_driver, settled_abandoned, worker_env
+from forksafe._sessions import backend_id
+from tests._abandoned import settled_abandoned
+from tests._queues import ROOT, require_heavy_driver, worker_env
 
 
 def _aliases(driver: str) -> list[str]:
@@ -57,7 +58,7 @@ _RAW_FORK = """
 import json, os, sys, time, django
 django.setup()
 from django.db import connections
-from forksafe._scenarios import backend_id
+from forksafe._sessions import backend_id
 aliases = json.loads(sys.argv[1])
 parent = backend_id()
 connections.close_all()  # plain Django would share the session with the child

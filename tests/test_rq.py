@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from tests._abandoned import settled_abandoned
 from tests._queues import (
     REDIS_URL,
     python_module,
     require_heavy_driver,
     require_redis,
     run_worker,
-    settled_abandoned,
     unique_name,
     worker_env,
 )

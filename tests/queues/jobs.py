@@ -16,7 +16,7 @@ def _django() -> None:
 def query(alias: str = "default") -> tuple[int, int]:
     """Which process and which server session ran this job."""
     _django()
-    from forksafe._scenarios import backend_id
+    from forksafe._sessions import backend_id
 
     return os.getpid(), backend_id(alias)
 
