@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["between_tasks", "watch_interruptions"]
+__all__ = ["between_tasks", "in_transaction", "is_database_error", "watch_interruptions"]
 
 _FLAG = "_forksafe_interrupted"
 
@@ -81,6 +81,13 @@ def watch_interruptions() -> None:
     for wrapper in threads._handler_wrappers():
         if wrapper.connection is not None:
             _watch(wrapper)
+
+
+def in_transaction() -> bool:
+    """Whether a connection of the calling thread is inside ``transaction.atomic()``."""
+    from forksafe import threads
+
+    return any(wrapper.in_atomic_block for wrapper in threads._handler_wrappers())
 
 
 def is_database_error(error: BaseException | None) -> bool:

@@ -29,8 +29,11 @@ Use one of these classes::
 Every class sets Django up when ``DJANGO_SETTINGS_MODULE`` is set (the
 parent then forks horses that have it ready, as RQ's docs recommend for
 performance) and calls ``forksafe.install()``, whose fork hooks make each
-horse detach what it inherits. The worker process closes its own
-connections at shutdown too.
+horse detach what it inherits.
+
+A burst worker run from code (``worker.work(burst=True)`` in a test) runs
+:class:`SimpleWorker` jobs in the calling thread: while that thread is inside
+``transaction.atomic()`` (a ``TestCase``), the per-job rules are skipped.
 """
 
 from __future__ import annotations
@@ -98,6 +101,10 @@ class WorkerMixin(_Base):
             finally:
                 _exit.close_own_connections()
         # A worker that runs jobs in its own process (SimpleWorker).
+        if _tasks.in_transaction():
+            # Run from code inside atomic (a test's burst worker): the caller's
+            # connection is not ours to judge.
+            return super().perform_job(job, queue, execution)
         _tasks.between_tasks()
         self._forksafe_error = None
         try:
@@ -111,12 +118,6 @@ class WorkerMixin(_Base):
         if len(exc_info) > 1 and isinstance(exc_info[1], BaseException):
             self._forksafe_error = exc_info[1]
         super().handle_exception(job, *exc_info)
-
-    def teardown(self) -> None:
-        """Unregister the worker (see RQ); then close the worker process's connections."""
-        super().teardown()  # type: ignore[no-untyped-call]
-        if not self.is_horse:
-            _exit.close_own_connections()
 
 
 class Worker(WorkerMixin, rq.worker.Worker):
