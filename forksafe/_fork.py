@@ -154,6 +154,7 @@ def _detach_inherited(*, clean_transactions: bool) -> None:
     if pid == _reset_pid:
         return
     _reset_pid = pid
+    _close_at_exit()
     _left_in_atomic.clear()
     _registry.start_counting_afresh()
     _reinit_signal_lock()  # before start_tracking(), which may connect the receiver
@@ -251,3 +252,10 @@ def _at_fork_in_child() -> None:
         logger.warning(
             "forksafe: detaching the inherited connections after a fork failed", exc_info=True
         )
+
+
+def _close_at_exit() -> None:
+    """A child that exits normally closes what it opened itself (``forksafe._exit``)."""
+    from forksafe import _exit  # it builds on this module
+
+    _exit.close_at_exit()

@@ -46,7 +46,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from forksafe import _closing, _fork
+from forksafe import _exit, _fork
 
 logger = logging.getLogger("forksafe")
 
@@ -139,26 +139,7 @@ def _worker_started() -> None:
 
 def _worker_exiting() -> None:
     """Last thing in a worker that exits normally: close its own sessions (and pools)."""
-    if "django.db" not in sys.modules:
-        return
-    from django.conf import settings
-    from django.db import connections
-
-    if not settings.configured:
-        return
-    for wrapper in connections.all(initialized_only=True):
-        try:
-            # The worker is ending: close even inside atomic or shared with its threads.
-            _closing.close_owned(wrapper, in_atomic="close", shared="close")
-            pools = getattr(type(wrapper), "_connection_pools", None)
-            if pools and wrapper.alias in pools:
-                wrapper.close_pool()  # type: ignore[attr-defined]
-        except Exception:
-            logger.warning(
-                "forksafe: closing connection %r at worker exit failed",
-                wrapper.alias,
-                exc_info=True,
-            )
+    _exit.close_own_connections()
 
 
 class _ForksafeProcess:

@@ -197,6 +197,23 @@ def test_demo_on_the_server_database_shows_the_bugs_without_forksafe_and_none_wi
     assert all(cells[-1] == "BROKEN" for cells in plain.values()), plain
 
 
+def test_demo_rq_row_shows_plain_rq_abandoning_a_session_per_job_and_forksafe_none(
+    db_url: str, driver: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests._queues import REDIS_URL, require_heavy_driver, require_redis
+
+    require_heavy_driver(driver)
+    require_redis()
+    monkeypatch.setenv("FORKSAFE_DEMO_REDIS_URL", REDIS_URL)
+    quiet_database(db_url)
+    proc = demo("--database", db_url, "--only", "queues", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = scenario_verdicts(proc.stdout)
+    title = "RQ worker, 5 jobs (a forked horse each)"
+    assert rows[(title, "plain")][-2:] == ["0 (5 abandoned)", "BROKEN"], proc.stdout
+    assert rows[(title, "forksafe")][-2:] == ["0 (0 abandoned)", "ok"], proc.stdout
+
+
 def test_demo_uwsgi_rows_show_workers_on_the_masters_session_only_without_forksafe(
     db_url: str, driver: str, tmp_path: Path
 ) -> None:
@@ -246,7 +263,7 @@ def test_demo_with_an_unreachable_database_prints_one_line_and_exits_2(tmp_path:
 def test_demo_with_an_unknown_only_group_exits_2_naming_the_valid_ones(tmp_path: Path) -> None:
     proc = demo("--only", "fork,uwgsi", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "unknown group uwgsi; choose from fork,pools,threads,uwsgi" in proc.stderr
+    assert "unknown group uwgsi; choose from fork,pools,threads,queues,uwsgi" in proc.stderr
 
 
 # --- --plot ---------------------------------------------------------------------------------

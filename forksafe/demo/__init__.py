@@ -27,7 +27,7 @@ from forksafe import _urls
 __all__ = ["GROUPS", "main", "run_demo"]
 
 #: What ``--only`` accepts.
-GROUPS = ("fork", "pools", "threads", "uwsgi")
+GROUPS = ("fork", "pools", "threads", "queues", "uwsgi")
 #: The scenario modes (``_scenarios.MODES``) that each table compares.
 COMPARED_MODES = ("plain", "forksafe")
 UWSGI_WORKERS = 4
@@ -48,7 +48,8 @@ class _Row:
     scenario: str
     exit_path: str
     group: str
-    needs: str = ""  # "pool": Django's native pool (PostgreSQL + psycopg 3, Django 5.1+)
+    # "pool": Django's native pool (PostgreSQL + psycopg 3, Django 5.1+); "redis": RQ + Redis
+    needs: str = ""
 
 
 ROWS = (
@@ -63,6 +64,7 @@ ROWS = (
     _Row("50 short threads, joined (forksafe.Thread)", "threads", "orm", "threads"),
     _Row("50 threading.Threads (install(threads=True))", "threads_any", "orm", "threads"),
     _Row("8-worker executor, 200 tasks, shutdown()", "executor", "orm", "threads"),
+    _Row("RQ worker, 5 jobs (a forked horse each)", "rq", "orm", "queues", "redis"),
 )
 
 _EXPLANATION = """\
@@ -70,6 +72,7 @@ _EXPLANATION = """\
 child is gone. 'child own session': a querying child got a session of its own.
 'left': server sessions left over once the child exited. forksafe runs with
 close_before_fork=False here, to show that the parent's open connection survives.
+RQ row: 'left' adds the sessions the server saw abandoned (no goodbye).
 Thread rows: 'left' counts the sessions still open once the threads were joined
 or the executor shut down, without gc.collect(); 'parent' is the main thread.
 '-': not measurable here (SQLite has no server sessions).
@@ -89,7 +92,10 @@ def _cells(res: dict[str, Any]) -> list[str]:
     if res.get("pool_lost") is not None:
         parent += f"; pool lost {res['pool_lost']}"
     left = res.get("sessions_left")
-    return [parent, _yes_no(res["child_own_session"]), "-" if left is None else str(left)]
+    shown = "-" if left is None else str(left)
+    if res.get("abandoned") is not None:
+        shown += f" ({res['abandoned']} abandoned)"
+    return [parent, _yes_no(res["child_own_session"]), shown]
 
 
 def _verdict(res: dict[str, Any]) -> str:
@@ -102,6 +108,7 @@ def _verdict(res: dict[str, Any]) -> str:
         or res.get("thread_same_session") is False
         or (res.get("pool_lost") or 0) > 0
         or (res.get("sessions_left") or 0) != 0
+        or (res.get("abandoned") or 0) != 0
     )
     return "BROKEN" if broken else "ok"
 
@@ -283,7 +290,14 @@ def _run(
         return 0
 
     pool = _has_native_pool(database)
-    rows = [r for r in ROWS if r.group in only and (r.needs != "pool" or pool)]
+    queues_note = _scenarios.redis_answers() if "queues" in only else None
+    rows = [
+        r
+        for r in ROWS
+        if r.group in only
+        and (r.needs != "pool" or pool)
+        and (r.needs != "redis" or queues_note is None)
+    ]
     run = load = None
     uwsgi_note = None
     if "uwsgi" in only:
@@ -323,6 +337,8 @@ def _run(
     if len(table) > 1:
         out.write(_EXPLANATION + "\n")
         _table(table, out)
+    if queues_note is not None:
+        out.write(f"\nRQ row skipped: {queues_note}\n")
     if "uwsgi" in only:
         out.write(
             f"\nuWSGI, preforked ({UWSGI_WORKERS} workers, master = true): the master queries"

@@ -46,7 +46,12 @@ SCENARIOS = (
     "executor",
     "threads_timeline",
     "ping",
+    "rq",
 )
+#: Where the ``rq`` scenario queues its jobs (a queue name of its own in that database).
+REDIS_URL = os.environ.get("FORKSAFE_DEMO_REDIS_URL", "redis://127.0.0.1:6379/0")
+RQ_JOBS = 5
+_MODULE = "forksafe.demo._scenarios"
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Result:
     pool_lost: int | None = None
     sessions_before: int | None = None
     sessions_after: int | None = None
+    abandoned: int | None = None  # sessions the server saw end without a goodbye
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -244,6 +250,67 @@ def scenario_mp_pool(exit_path: str, result: Result) -> None:
     result.sessions_after = settle_sessions(result.sessions_before)
 
 
+def _rq_job() -> tuple[int, int]:
+    return os.getpid(), backend_id()
+
+
+def redis_answers() -> str | None:
+    """``None`` when RQ is installed and Redis answers at :data:`REDIS_URL`; else why not."""
+    try:
+        import redis
+        import rq  # noqa: F401 - the scenario needs it
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install 'forksafe[rq]')"
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        return f"no Redis at {REDIS_URL} ({type(exc).__name__}); set FORKSAFE_DEMO_REDIS_URL"
+    return None
+
+
+def scenario_rq(exit_path: str, result: Result) -> None:
+    """A burst RQ worker, a forked work horse per job: ``rq.Worker`` vs ``forksafe.rq.Worker``."""
+    import uuid
+
+    import rq.worker
+    from django.db import connections
+    from redis import Redis
+    from rq import Queue
+
+    from forksafe._sessions import abandoned_sessions
+
+    worker_class: type[rq.worker.Worker] = rq.worker.Worker
+    if result.mode == "forksafe":
+        import forksafe.rq
+
+        worker_class = forksafe.rq.Worker
+    backend_id()
+    # What django-rq's ``rqworker`` does before working (horses must not share it).
+    connections.close_all()
+    result.sessions_before = count_sessions()
+    abandoned_before = abandoned_sessions()
+    redis = Redis.from_url(REDIS_URL)
+    queue = Queue(f"forksafe-demo-{uuid.uuid4().hex[:10]}", connection=redis)
+    try:
+        # By name: this module runs as __main__, which RQ refuses.
+        jobs = [queue.enqueue(f"{_MODULE}._rq_job") for _ in range(RQ_JOBS)]
+        worker_class([queue], connection=redis).work(burst=True, logging_level="WARNING")
+        seen: list[Any] = [job.return_value() for job in jobs]
+        if None in seen:
+            result.child_error = f"{seen.count(None)} of {RQ_JOBS} jobs failed"
+        elif result.vendor != "sqlite":
+            result.child_own_session = len({backend for _, backend in seen}) == RQ_JOBS
+    finally:
+        queue.delete(delete_jobs=True)
+        redis.close()
+    result.sessions_after = settle_sessions(result.sessions_before)
+    if abandoned_before is not None:
+        time.sleep(0.5)  # a backend reports its end a moment after its client vanished
+        abandoned = abandoned_sessions()
+        assert abandoned is not None
+        result.abandoned = abandoned - abandoned_before
+
+
 def _one_query() -> None:
     backend_id()
 
@@ -372,6 +439,7 @@ _SCENARIO_FUNCS = {
     "fork": scenario_fork,
     "fork_thread": scenario_fork_thread,
     "fork_pool": scenario_fork_pool,
+    "rq": scenario_rq,
 }
 
 

@@ -1,0 +1,170 @@
+"""P6: task-queue throughput -- Celery tasks/s and RQ jobs/s, with and without forksafe.
+
+Real workers, started once each; then ``--repeat`` interleaved rounds send the same batch to
+each in turn and time it until every result is back. Every task/job runs one ``SELECT``
+through Django's ``default`` alias (``CONN_MAX_AGE=None`` where the mode allows reuse).
+
+Celery (prefork, ``--concurrency`` processes), three modes:
+
+* ``forksafe``: ``forksafe.celery.install(app)`` with ``CONN_MAX_AGE=None``: one session per
+  pool process, reused;
+* ``celery``: Celery's own Django fixup (it closes every connection before and after every
+  task, whatever ``CONN_MAX_AGE`` says);
+* ``close-per-task``: forksafe with Django's default ``CONN_MAX_AGE=0``: Django's rules close
+  the connection after each task.
+
+RQ (a forked horse per job either way): ``forksafe.rq.Worker`` (sets Django up before
+forking) vs ``plain rq``, an ``rq.Worker`` that sets Django up before forking too (as
+django-rq's ``rqworker`` does), and ``plain rq CLI``, ``rq worker`` as it comes, where each
+horse sets Django up for its job. The plain workers run without forksafe's app. The
+sessions each abandoned over the run are counted by the server.
+
+Uses the test-suite's worker harness (``tests/_queues.py``), Redis database 5 and the
+database of ``tests.settings.DRIVER`` (``FORKSAFE_TEST_POSTGRES_URL`` /
+``FORKSAFE_TEST_MYSQL_URL``)::
+
+    PYTHONPATH=. python benchmarks/queues_bench.py --driver psycopg
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import time
+from typing import Any
+
+CELERY_MODES = {  # name: (mode, CONN_MAX_AGE, without forksafe's app)
+    "forksafe": ("forksafe", "None", False),
+    "celery": ("celery", "None", True),
+    "close-per-task": ("forksafe", "0", False),
+}
+
+
+def _celery_round(worker: Any, n: int) -> float:
+    start = time.perf_counter()
+    results = [
+        worker.client.send_task("tests.queues.celery_app.query", queue=worker.queue)
+        for _ in range(n)
+    ]
+    for result in results:
+        result.get(timeout=120)
+    return n / (time.perf_counter() - start)
+
+
+def bench_celery(driver: str, n: int, repeat: int, concurrency: int) -> None:
+    from tests._queues import CeleryWorker
+
+    workers = {
+        name: CeleryWorker(
+            driver, mode=mode, concurrency=concurrency, conn_max_age=age, plain=plain
+        )
+        for name, (mode, age, plain) in CELERY_MODES.items()
+    }
+    rates: dict[str, list[float]] = {name: [] for name in workers}
+    try:
+        for worker in workers.values():
+            _celery_round(worker, concurrency * 4)  # every pool process is up
+        for _ in range(repeat):
+            for name, worker in workers.items():
+                rates[name].append(_celery_round(worker, n))
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    ours = statistics.median(rates["forksafe"])
+    print(f"Celery prefork -c {concurrency}, {n} tasks x {repeat} rounds (median tasks/s)")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"  {name:<16}{median:>10.0f}   forksafe/this {ours / median:>6.2f}x")
+
+
+def _rq_round(queue: Any, n: int) -> float:
+    start = time.perf_counter()
+    jobs = [queue.enqueue("tests.queues.jobs.query", "default") for _ in range(n)]
+    limit = 60 + 10 * n  # a plain rq CLI horse sets Django up: seconds each on a busy machine
+    deadline = time.monotonic() + limit
+    while any(job.get_status(refresh=True) != "finished" for job in jobs):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"RQ jobs did not finish within {limit} s")
+        time.sleep(0.01)
+    return n / (time.perf_counter() - start)
+
+
+def bench_rq(driver: str, n: int, repeat: int) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    from tests._abandoned import settled_abandoned
+    from tests._queues import (
+        REDIS_URL,
+        python_module,
+        start_worker,
+        stop_worker,
+        unique_name,
+        worker_env,
+    )
+
+    classes = {  # worker class: (label, environment)
+        "forksafe.rq.Worker": ("forksafe", {}),
+        "tests.queues.workers.DjangoWorker": ("plain rq", {"FORKSAFE_TEST_PLAIN": "1"}),
+        "rq.worker.Worker": ("plain rq CLI", {"FORKSAFE_TEST_PLAIN": "1"}),
+    }
+    redis = Redis.from_url(REDIS_URL)
+    queues = {cls: Queue(unique_name("bench"), connection=redis) for cls in classes}
+    procs = {
+        cls: start_worker(
+            [*python_module("rq.cli", "worker", "--url", REDIS_URL, "-w", cls), queue.name],
+            worker_env(driver, **classes[cls][1]),
+        )
+        for cls, queue in queues.items()
+    }
+    rates: dict[str, list[float]] = {cls: [] for cls in classes}
+    abandoned = dict.fromkeys(classes, 0)
+    try:
+        for queue in queues.values():
+            _rq_round(queue, 2)  # the workers are up
+        for _ in range(repeat):
+            for cls, queue in queues.items():
+                before = settled_abandoned()
+                rates[cls].append(_rq_round(queue, n))
+                abandoned[cls] += settled_abandoned() - before
+    finally:
+        for proc in procs.values():
+            stop_worker(proc, signal.SIGTERM)
+        for queue in queues.values():
+            queue.delete(delete_jobs=True)
+        redis.close()
+    ours = statistics.median(rates["forksafe.rq.Worker"])
+    print(f"RQ Worker (a horse per job), {n} jobs x {repeat} rounds (median jobs/s)")
+    for cls, values in rates.items():
+        median = statistics.median(values)
+        print(
+            f"  {classes[cls][0]:<16}{median:>10.1f}   forksafe/this {ours / median:>6.2f}x"
+            f"   abandoned sessions {abandoned[cls]} of {n * repeat} jobs"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--driver", default="psycopg", choices=["psycopg", "mysqlclient"])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=300, help="Celery tasks per round")
+    parser.add_argument("--jobs", type=int, default=30, help="RQ jobs per round")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--only", choices=["celery", "rq"])
+    args = parser.parse_args(argv)
+
+    os.environ["DJANGO_SETTINGS_MODULE"] = f"tests.settings.{args.driver}"
+    import django
+
+    django.setup()
+    if args.only != "rq":
+        bench_celery(args.driver, args.tasks, args.repeat, args.concurrency)
+    if args.only != "celery":
+        bench_rq(args.driver, args.jobs, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

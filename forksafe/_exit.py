@@ -1,0 +1,112 @@
+"""Closing a process's own connections before it exits: the one function every exit path calls.
+
+Worker processes rarely end through the interpreter's normal shutdown:
+multiprocessing's workers, Celery's billiard pool processes and RQ's work
+horses all end with ``os._exit()``, so no driver ever says goodbye and the
+server counts the session as abandoned (PostgreSQL "unexpected EOF on client
+connection", MariaDB "Aborted connection"). A Django 5.1+ native pool built in
+the process is worse: its ``min_size`` idle sessions are dropped the same way.
+
+:func:`close_own_connections` is what each integration calls just before its
+process ends (``forksafe.pools`` worker exit, ``forksafe.rq`` horses,
+``forksafe.celery`` pool processes); :func:`close_at_exit` makes a raw
+``os.fork()`` child that exits normally (``sys.exit``, end of script) call it
+from :mod:`atexit`. Only what *this* process opened is closed: inherited
+connections and pools are detached (no I/O) by the fork reset first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from forksafe import _fork, _registry
+
+logger = logging.getLogger("forksafe")
+
+__all__ = ["close_at_exit", "close_own_connections"]
+
+_registered = False  # inherited by forks: one atexit callback serves a whole lineage
+
+
+def close_own_connections() -> None:
+    """Close this process's connections and the native pools it built, before it exits.
+
+    Closes every connection of the calling thread (all aliases, even inside
+    ``atomic``: the process is ending, the server rolls back) and then every
+    Django native pool (``OPTIONS={"pool": ...}``) with its idle sessions.
+    Connections owned by other threads that are still running are left alone
+    (one may be mid-query). In a forked child whose reset has not run yet,
+    the inherited connections are detached first, without I/O, so that
+    nothing of the parent's is closed. Never raises: failures are logged.
+    """
+    if "django.db" not in sys.modules:
+        return  # nothing can hold a connection
+    from django.conf import settings
+
+    if not settings.configured:
+        return
+    try:
+        _fork.after_fork_in_child()  # no-op unless this is a child not reset yet
+        _close_thread_connections()
+        _close_native_pools()
+    except Exception:
+        logger.warning("forksafe: closing this process's connections failed", exc_info=True)
+
+
+def _close_thread_connections() -> None:
+    from forksafe import threads
+
+    me = threading.get_ident()
+    registered = [
+        wrapper
+        for entry in _registry.entries_of_thread(os.getpid(), me)
+        if (wrapper := entry.wrapper) is not None
+    ]
+    for exc in threads._close_all(threads._handler_wrappers() + registered, in_atomic="close"):
+        logger.warning(
+            "forksafe: closing a connection before the process exits failed",
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+
+
+def _close_native_pools() -> None:
+    """Close Django's native psycopg pools (Django 5.1+); the reset dropped inherited ones."""
+    base = sys.modules.get("django.db.backends.postgresql.base")
+    pools: dict[str, Any] | None = getattr(
+        getattr(base, "DatabaseWrapper", None), "_connection_pools", None
+    )
+    for alias, pool in list((pools or {}).items()):
+        try:
+            pool.close()  # says goodbye on each idle session, stops the pool's threads
+        except Exception:
+            logger.warning(
+                "forksafe: closing the native pool of %r before exit failed",
+                alias,
+                exc_info=True,
+            )
+        finally:
+            if pools is not None:
+                pools.pop(alias, None)
+
+
+def _at_exit() -> None:
+    close_own_connections()
+
+
+def close_at_exit() -> None:
+    """Run :func:`close_own_connections` when this process, or a fork of it, exits normally.
+
+    Registered once: forks inherit both the :mod:`atexit` callback and the flag,
+    and the callback closes only what the exiting process opened. Exits through
+    ``os._exit`` (multiprocessing, billiard, RQ) skip :mod:`atexit`; their
+    integrations call :func:`close_own_connections` themselves.
+    """
+    global _registered
+    if not _registered:
+        atexit.register(_at_exit)
+        _registered = True

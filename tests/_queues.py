@@ -1,0 +1,189 @@
+"""Running real ``rq worker`` and ``celery worker`` processes from the tests, with deadlines.
+
+Workers run in subprocesses with this worktree first on ``PYTHONPATH``, the
+run's driver settings (``tests.queues.settings`` on top of them) and a Redis
+database of their own (``FORKSAFE_TEST_REDIS_URL``, default database 5) with
+a queue name unique to each test. Closing "cleanly" is judged by the server's
+own counter of abandoned sessions (PostgreSQL ``sessions_abandoned`` of the
+test database, MariaDB's global ``Aborted_clients``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+
+REDIS_URL = os.environ.get("FORKSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEAVY_DRIVERS = ("psycopg", "mysqlclient")
+
+
+def require_redis() -> None:
+    """Skip when Redis does not answer -- fail instead when ``CI`` is set."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        message = f"no Redis at {REDIS_URL} ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set and Redis is missing: {message}. Start it (see .ci/run).")
+        pytest.skip(message)
+
+
+def require_heavy_driver(driver: str) -> None:
+    """Real worker processes cost seconds: run them for psycopg and mysqlclient only."""
+    if driver not in HEAVY_DRIVERS:
+        pytest.skip(
+            f"real task-queue workers run for {' and '.join(HEAVY_DRIVERS)} only (CI time);"
+            f" {driver} shares their code paths"
+        )
+
+
+def unique_name(prefix: str) -> str:
+    return f"forksafe-{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def worker_env(driver: str, **extra: str) -> dict[str, str]:
+    """The environment of a worker subprocess for this run's driver."""
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        DJANGO_SETTINGS_MODULE="tests.queues.settings",
+        FORKSAFE_TEST_BASE_SETTINGS=f"tests.settings.{driver}",
+        FORKSAFE_TEST_REDIS_URL=REDIS_URL,
+    )
+    env.update(extra)
+    return env
+
+
+def run_worker(args: list[str], env: dict[str, str], timeout: float = 90) -> str:
+    """Run a worker to its end (burst mode); fail the test with its output if it fails."""
+    try:
+        proc = subprocess.run(
+            args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{args[:4]} did not finish within {timeout}s:\n{exc.stderr!r}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    return output
+
+
+def start_worker(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start a long-running worker; stop it with :func:`stop_worker`."""
+    return subprocess.Popen(
+        args,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[str], sig: int, timeout: float = 60) -> str:
+    """Send ``sig`` (SIGTERM: Celery's warm shutdown) and wait for the exit; its output."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate(timeout=10)
+        pytest.fail(f"the worker did not stop within {timeout}s:\n{output[-6000:]}")
+    return output
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+class CeleryWorker:
+    """A real ``celery worker`` on a queue of its own, and a client to call its tasks.
+
+    ``mode``: see ``tests.queues.celery_app``; ``plain``: without forksafe's Django app.
+    ``stop()`` is a warm shutdown (SIGTERM).
+    """
+
+    def __init__(
+        self,
+        driver: str,
+        *,
+        mode: str,
+        pool: str = "prefork",
+        concurrency: int = 1,
+        max_tasks_per_child: int | None = None,
+        conn_max_age: str | None = "None",
+        plain: bool = False,
+    ) -> None:
+        from celery import Celery
+
+        self.queue = unique_name("celery")
+        env = worker_env(driver, FORKSAFE_TEST_CELERY_MODE=mode)
+        if plain:
+            env["FORKSAFE_TEST_PLAIN"] = "1"
+        if conn_max_age is not None:
+            env["FORKSAFE_TEST_CONN_MAX_AGE"] = conn_max_age
+        args = python_module(
+            "celery",
+            "-A",
+            "tests.queues.celery_app",
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--queues",
+            self.queue,
+            "--hostname",
+            f"{self.queue}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        )
+        if max_tasks_per_child is not None:
+            args += ["--max-tasks-per-child", str(max_tasks_per_child)]
+        self.client = Celery("forksafe_test_client", broker=REDIS_URL, backend=REDIS_URL)
+        self.proc = start_worker(args, env)
+        self.output = ""
+
+    def _result(self, name: str, args: tuple[Any, ...], timeout: float) -> Any:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        result = self.client.send_task(
+            f"tests.queues.celery_app.{name}", args=list(args), queue=self.queue
+        )
+        try:
+            result.get(timeout=timeout, propagate=False)
+        except CeleryTimeout:
+            pytest.fail(f"task {name} got no result within {timeout}s:\n{self.stop()[-6000:]}")
+        return result
+
+    def call(self, name: str, *args: Any, timeout: float = 60) -> Any:
+        """Run task ``name``; return its result (JSON lists become tuples)."""
+        result = self._result(name, args, timeout)
+        assert result.successful(), f"{name} failed: {result.result!r}"
+        value = result.result
+        return tuple(value) if isinstance(value, list) else value
+
+    def fail(self, name: str, *args: Any, timeout: float = 60) -> str:
+        """Run task ``name``, which must fail; return the name of its exception's class."""
+        result = self._result(name, args, timeout)
+        assert result.failed(), f"{name} did not fail: {result.result!r}"
+        return type(result.result).__name__
+
+    def stop(self) -> str:
+        """Warm shutdown; the worker's output."""
+        if self.proc.returncode is None:
+            self.output = stop_worker(self.proc, signal.SIGTERM)
+            self.client.close()
+        return self.output

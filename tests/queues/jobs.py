@@ -1,0 +1,42 @@
+"""RQ jobs: they set Django up themselves, as jobs of a plain ``rq worker`` must."""
+
+from __future__ import annotations
+
+import os
+
+
+def _django() -> None:
+    import django
+    from django.apps import apps
+
+    if not apps.ready:
+        django.setup()
+
+
+def query(alias: str = "default") -> tuple[int, int]:
+    """Which process and which server session ran this job."""
+    _django()
+    from forksafe._sessions import backend_id
+
+    return os.getpid(), backend_id(alias)
+
+
+def slow_query(seconds: int) -> None:
+    """A query that outlives the job's timeout."""
+    _django()
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_sleep(%s)", [seconds])
+        else:
+            cursor.execute("SELECT SLEEP(%s)", [seconds])
+
+
+def database_error() -> None:
+    """A query the server refuses."""
+    _django()
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM forksafe_no_such_table")

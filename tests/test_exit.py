@@ -1,0 +1,113 @@
+"""A process closes its own connections and native pool when it exits normally.
+
+Judged by the server's abandoned-session counter: forksafe's pool workers (which end with
+``os._exit``) and a raw ``os.fork()`` child that ends with ``sys.exit()``. The psycopg runs
+also use the ``pooled`` alias (Django's native pool, ``min_size`` 2) in the children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import forksafe
+from forksafe._sessions import backend_id
+from tests._abandoned import settled_abandoned
+from tests._queues import ROOT, require_heavy_driver, worker_env
+
+
+def _aliases(driver: str) -> list[str]:
+    return ["default", "pooled"] if driver == "psycopg" else ["default"]
+
+
+def use_aliases(aliases: list[str]) -> int:
+    """Query each alias in this (worker) process."""
+    for alias in aliases:
+        backend_id(alias)
+    return os.getpid()
+
+
+def _target(aliases: list[str]) -> None:
+    use_aliases(aliases)
+
+
+def test_pool_process_and_executor_workers_abandon_no_session(db: None, driver: str) -> None:
+    require_heavy_driver(driver)
+    aliases = _aliases(driver)
+    before = settled_abandoned()
+    ctx = forksafe.get_context("fork")
+    with ctx.Pool(2, maxtasksperchild=2) as pool:
+        pool.map_async(use_aliases, [aliases] * 5, chunksize=1).get(timeout=60)
+        pool.close()
+        pool.join()
+    proc = ctx.Process(target=_target, args=(aliases,))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    with forksafe.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        list(ex.map(use_aliases, [aliases] * 4, timeout=60))
+    assert settled_abandoned() == before
+
+
+_RAW_FORK = """
+import json, os, sys, time, django
+django.setup()
+from django.db import connections
+from forksafe._sessions import backend_id
+aliases = json.loads(sys.argv[1])
+parent = backend_id()
+connections.close_all()  # plain Django would share the session with the child
+pid = os.fork()
+if pid == 0:
+    for alias in aliases:
+        backend_id(alias)
+    sys.exit(0)  # a normal exit: atexit runs
+deadline = time.monotonic() + 60
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
+if not done:
+    os.kill(pid, 9)
+print(json.dumps(dict(exited=bool(done), status=status, parent_works=backend_id() > 0)))
+"""
+
+
+def _raw_fork(driver: str, aliases: list[str], **env: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _RAW_FORK, json.dumps(aliases)],
+        env=worker_env(driver, **env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["exited"] and result["status"] == 0 and result["parent_works"], result
+    return result
+
+
+def test_raw_fork_child_exiting_normally_closes_its_sessions_and_native_pool(
+    db: None, driver: str
+) -> None:
+    require_heavy_driver(driver)
+    before = settled_abandoned()
+    _raw_fork(driver, _aliases(driver))
+    assert settled_abandoned() == before
+
+
+def test_control_raw_fork_child_without_forksafe_abandons_its_native_pool(
+    db: None, driver: str
+) -> None:
+    if driver != "psycopg":
+        pytest.skip("Django's native pool needs psycopg 3")
+    before = settled_abandoned()
+    _raw_fork(driver, ["pooled"], FORKSAFE_TEST_PLAIN="1")
+    assert settled_abandoned() >= before + 2  # the pool's min_size sessions
