@@ -85,13 +85,17 @@ def main() -> int:
     for _ in range(args.rounds):
         for mode in ("forksafe", "plain"):
             _originals(on=mode == "plain")
-            for what, func, n in (("cursor", cursor_only, args.cursors),
-                                  ("query", one_query, args.queries)):
+            for what, func, n in (
+                ("cursor", cursor_only, args.cursors),
+                ("query", one_query, args.queries),
+            ):
                 results.setdefault(f"{what} {mode}", []).append(_time(func, n))
     _originals(on=False)
     connection.close()
-    print(f"database: {connection.vendor}, pid source:"
-          f" {'MADV_WIPEONFORK page' if _guard._flag is not None else 'os.getpid()'}")
+    print(
+        f"database: {connection.vendor}, pid source:"
+        f" {'MADV_WIPEONFORK page' if _guard._flag is not None else 'os.getpid()'}"
+    )
     for what in ("cursor", "query"):
         guarded = statistics.median(results[f"{what} forksafe"])
         plain = statistics.median(results[f"{what} plain"])

@@ -97,7 +97,8 @@ def _opened_elsewhere(wrapper: BaseDatabaseWrapper) -> bool:
     """Whether ``wrapper`` holds a connection that another process opened."""
     flag = _flag
     pid = _pid if flag is not None and flag[0] else current_pid()
-    return wrapper.__dict__.get(PID_ATTRIBUTE, pid) != pid
+    opened_by: int = wrapper.__dict__.get(PID_ATTRIBUTE, pid)
+    return opened_by != pid
 
 
 def _on_foreign_use(wrapper: BaseDatabaseWrapper) -> None:
@@ -136,7 +137,7 @@ _GUARDS = {"ensure_connection": _guarded_ensure_connection, "close": _guarded_cl
 
 
 def install() -> None:
-    """Wrap ``BaseDatabaseWrapper.ensure_connection`` and ``close`` with the pid check. Idempotent."""
+    """Wrap ``BaseDatabaseWrapper.ensure_connection`` and ``close`` in the pid check, once."""
     from django.db.backends.base.base import BaseDatabaseWrapper
 
     for name, guard in _GUARDS.items():

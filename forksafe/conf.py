@@ -4,7 +4,7 @@ One dict in ``settings.py``; every key is optional::
 
     FORKSAFE = {
         "INSTALL": True,            # AppConfig.ready() calls forksafe.install()
-        "CLOSE_BEFORE_FORK": True,  # install(close_before_fork=...)
+        "CLOSE_BEFORE_FORK": False, # install(close_before_fork=...)
         "THREADS": False,           # install(threads=...)
     }
 """
@@ -17,7 +17,7 @@ __all__ = ["DEFAULTS", "get", "explicit", "invalid", "unknown_keys"]
 
 DEFAULTS: dict[str, bool] = {
     "INSTALL": True,
-    "CLOSE_BEFORE_FORK": True,
+    "CLOSE_BEFORE_FORK": False,
     "THREADS": False,
 }
 

@@ -69,9 +69,9 @@ def pre_fork(*args: Any, **kwargs: Any) -> None:
     Closes the arbiter's idle connections in the forking thread (the arbiter
     serves no request; with ``preload_app = True`` it may have queried while
     loading), so it keeps no server session and the worker inherits nothing to
-    detach. A connection inside ``transaction.atomic()`` stays open with a
-    :class:`forksafe.ForkSafeWarning`. Also runs, with the same effect, from
-    ``forksafe.install()``'s at-fork hook: the second call finds nothing open.
+    detach (:func:`forksafe.prepare_fork`: never one with an open cursor; one
+    inside ``transaction.atomic()`` stays open with a
+    :class:`forksafe.ForkSafeWarning`).
 
     Raises ``TypeError`` (naming the hook signature) when not called the way
     gunicorn calls it.

@@ -33,11 +33,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _forksafe_records(level: int) -> tuple[logging.Logger, list[logging.LogRecord]]:
+    """Collect the ``forksafe`` records at ``level`` and above (the caller restores the level)."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler(level)
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     logger = logging.getLogger("forksafe")
     logger.addHandler(handler)
+    logger.setLevel(level)
     return logger, records
 
 
@@ -114,8 +116,8 @@ def test_fork_inside_atomic_under_warnings_as_errors_reports_no_failed_cleanup()
                 Item.objects.create(name="in atomic")
                 run_in_child(lambda: None)
     finally:
-        forksafe.install(close_before_fork=False)
         logger.removeHandler(logger.handlers[-1])
+        logger.setLevel(logging.NOTSET)
     messages = [r.getMessage() for r in records]
     assert not any("failed" in m for m in messages), messages
     assert not any(r.exc_info for r in records)
@@ -129,6 +131,9 @@ _SCRIPT = """
 import json, os, sys
 import django
 from django.db import connections
+from forksafe._urls import configure_django
+
+configure_django(sys.argv[2])  # no "forksafe" app: install() only where the script says
 
 def user_hook():
     connections.close_all()  # the well-known advice, in an at-fork hook
@@ -167,9 +172,9 @@ print(json.dumps({"parent": parent, "after": after, **child}))
 """
 
 
-def _run(order: str) -> dict[str, Any]:
+def _run(order: str, url: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_SCRIPT), order],
+        [sys.executable, "-c", textwrap.dedent(_SCRIPT), order, url],
         capture_output=True,
         text=True,
         timeout=120,
@@ -185,27 +190,29 @@ def _run(order: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("order", ["before-import", "before-install"])
 def test_an_at_fork_hook_closing_connections_never_kills_the_parent_session(
-    vendor: str, order: str
+    vendor: str, db_url: str, order: str
 ) -> None:
     if vendor == "sqlite":
         pytest.skip("a shared server session needs a server")
-    result = _run(order)
+    result = _run(order, db_url)
     assert result["after"] == result["parent"], result
     assert result["child"] != result["parent"], result
     if order == "before-install":  # forksafe's hook runs first: nothing to report
         assert "bypass" not in result["stderr"], result["stderr"]
 
 
-def test_install_called_after_the_fork_detaches_what_the_child_inherited(vendor: str) -> None:
+def test_install_called_after_the_fork_detaches_what_the_child_inherited(
+    vendor: str, db_url: str
+) -> None:
     if vendor == "sqlite":
         pytest.skip("a shared server session needs a server")
-    result = _run("after-fork")
+    result = _run("after-fork", db_url)
     assert result["child"] != result["parent"], result
     assert result["after"] == result["parent"], result
     assert "install() was called after this process was forked" in result["stderr"]
 
 
-# --- connections forksafe does not recognise -------------------------------------------------------
+# --- connections forksafe does not recognise --------------------------------------------------
 
 
 class ThirdPartyConnection:
@@ -237,7 +244,7 @@ def test_an_unknown_connection_with_fileno_is_detached_by_its_descriptor(vendor:
         pytest.skip("needs a server socket")
     conn = own_connection()
     conn.ensure_connection()
-    fd = _drivers.socket_fd(conn.connection)
+    fd = _drivers._socket_fd(conn.connection, _drivers.driver_of(conn.connection))
     assert fd is not None
     with conn.cursor() as cursor:
         cursor.execute("SELECT 1")

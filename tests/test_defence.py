@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from django.db import connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 import forksafe
-from forksafe import _guard, _registry
+from forksafe import _drivers, _guard
 from forksafe._sessions import abandoned_sessions, backend_id
 from forksafe.signals import bypass_detected, connection_detached, fork_prepared
 from tests._forking import run_in_child
@@ -155,7 +154,7 @@ def test_bypass_is_logged_counted_and_signalled_once_per_fork(forksafe_log: _Rec
     finally:
         bypass_detected.disconnect(on_bypass)
         connection_detached.disconnect(on_detached)
-    driver = _registry.Entry.driver_name(connection.connection)
+    driver = _drivers.driver_of(connection.connection)
     bypasses = [s for s in report["seen"] if s["signal"] == "bypass"]
     assert [(s["alias"], s["driver"]) for s in bypasses] == [("default", driver)]
     assert "without running Python's at-fork hooks" in bypasses[0]["path"]

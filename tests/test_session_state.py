@@ -119,7 +119,7 @@ def _temp_rows() -> list[Any]:
 
 
 def test_parent_keeps_its_advisory_lock_and_temp_table_across_forks(
-    vendor: str, default_options: None
+    rows: None, vendor: str, default_options: None
 ) -> None:
     if vendor == "sqlite":
         pytest.skip("advisory locks are server features")
@@ -134,7 +134,7 @@ def test_parent_keeps_its_advisory_lock_and_temp_table_across_forks(
 
 
 def test_control_closing_before_the_fork_loses_the_lock_and_the_temp_table(
-    vendor: str, default_options: None
+    rows: None, vendor: str, default_options: None
 ) -> None:
     if vendor == "sqlite":
         pytest.skip("advisory locks are server features")

@@ -183,7 +183,7 @@ def test_without_master_each_worker_gets_its_own_session_on_first_use(
         log = server.log()
         assert_own_sessions(result, workers=WORKERS)
         assert all(len(b) == 1 for b in result.backends_by_pid.values()), result.backends_by_pid
-        assert settle_sessions(example_db, baseline + WORKERS) == baseline + WORKERS
+        assert settle_sessions(baseline + WORKERS) == baseline + WORKERS
     # One WARNING per forked worker, saying what master adds.
     assert log.count("was forked without forksafe's reset") == WORKERS - 1, log
     assert "master = true" in log
