@@ -206,7 +206,7 @@ def test_control_closing_the_parent_connection_at_each_fork_breaks_the_read(
     rows: None, default_options: None, vendor: str, driver: str, reader: str
 ) -> None:
     breaks = {
-        "raw cursor": {"psycopg2", "mysqlclient"},
+        "raw cursor": {"psycopg2"},
         "iterator": {"psycopg", "psycopg2", "mysqlclient"},
     }[reader]
     if driver not in breaks:
