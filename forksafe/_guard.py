@@ -97,7 +97,7 @@ def _opened_elsewhere(wrapper: BaseDatabaseWrapper) -> bool:
     """Whether ``wrapper`` holds a connection that another process opened."""
     flag = _flag
     pid = _pid if flag is not None and flag[0] else current_pid()
-    opened_by: int = wrapper.__dict__.get(PID_ATTRIBUTE, pid)
+    opened_by: int | None = getattr(wrapper, PID_ATTRIBUTE)
     return opened_by != pid
 
 
@@ -109,8 +109,11 @@ def _on_foreign_use(wrapper: BaseDatabaseWrapper) -> None:
 
 def _guarded_ensure_connection(original: Callable[..., Any]) -> Callable[..., Any]:
     def ensure_connection(self: BaseDatabaseWrapper) -> Any:
-        if self.connection is not None and _opened_elsewhere(self):
-            _on_foreign_use(self)
+        # _opened_elsewhere(), inlined: this runs before every cursor.
+        if self.connection is not None:
+            pid = _pid if _flag is not None and _flag[0] else current_pid()
+            if self._forksafe_pid != pid:  # type: ignore[attr-defined]
+                _on_foreign_use(self)
         return original(self)
 
     return ensure_connection
@@ -140,6 +143,11 @@ def install() -> None:
     """Wrap ``BaseDatabaseWrapper.ensure_connection`` and ``close`` in the pid check, once."""
     from django.db.backends.base.base import BaseDatabaseWrapper
 
+    # None: "not known" for a wrapper the registry never saw connect; its first use
+    # takes the slow path once, which adopts it (the registry records every
+    # connection opened after install(), and those found open when it started).
+    if PID_ATTRIBUTE not in BaseDatabaseWrapper.__dict__:
+        setattr(BaseDatabaseWrapper, PID_ATTRIBUTE, None)
     for name, guard in _GUARDS.items():
         current = BaseDatabaseWrapper.__dict__[name]
         if hasattr(current, "__forksafe_original__"):
