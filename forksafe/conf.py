@@ -4,7 +4,7 @@ One dict in ``settings.py``; every key is optional::
 
     FORKSAFE = {
         "INSTALL": True,            # AppConfig.ready() calls forksafe.install()
-        "CLOSE_BEFORE_FORK": False, # install(close_before_fork=...)
+        "CLOSE_BEFORE_FORK": True,  # install(close_before_fork=...); left out: the default
         "THREADS": False,           # install(threads=...)
     }
 """
