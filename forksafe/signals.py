@@ -8,9 +8,10 @@
     transaction uses them). Sender: ``None``.
 ``connection_detached``
     In a forked child, once per inherited connection: ``alias``, ``driver`` (``psycopg``,
-    ``psycopg2``, ``MySQLdb``, ``pymysql``, ``sqlite3``...) and ``how`` (``"detached"``:
+    ``psycopg2``, ``MySQLdb``, ``pymysql``, ``sqlite3``...), ``how`` (``"detached"``:
     its socket now points at ``/dev/null``; ``"parked"``: kept unused for the child's
-    life; ``"closed-already"``). Sender: the wrapper's class, or ``None``.
+    life) and ``connection`` (the wrapper, or ``None`` if it was collected). Not sent for
+    a connection that was closed already. Sender: the wrapper's class, or ``None``.
 ``bypass_detected``
     In a process that was forked without forksafe's reset running first (uWSGI without
     ``master``, ``fork()`` from C, ``install()`` called after the fork, an at-fork hook
