@@ -21,8 +21,10 @@ per-wrapper context manager around ``execute()``, after ``ensure_connection()``,
 does not see ``set_autocommit()``, ``commit()`` or ``close()``; ``request_started``
 exists only in a request cycle. Two methods of ``BaseDatabaseWrapper`` are wrapped,
 once (idempotent), in :func:`install`; the originals stay reachable as
-``__forksafe_original__``. What it relies on, identical in Django 4.2, 5.2 and 6.1
-(``django/db/backends/base/base.py``):
+``__forksafe_original__``. What it relies on, the same in Django 4.2, 5.2 and 6.1
+(``django/db/backends/base/base.py``: ``ensure_connection`` at lines 284 / 271 / 271,
+``_cursor`` 303 / 294 / 294, ``close`` 353 / 344 / 344, ``get_autocommit`` 461 / 452 /
+452, ``set_autocommit`` 466 / 457 / 457; ``sqlite3/base.py`` ``close`` 193 / 222 / 221):
 
 * ``ensure_connection()`` is defined only in ``BaseDatabaseWrapper`` and every path
   that talks to the server through the wrapper goes through it first: ``_cursor()``
