@@ -282,6 +282,8 @@ def _report_detached(
     )
     if bypassed:
         _registry.note_bypassed(entry.alias)
+    if not signals.connection_detached.receivers:  # the common case: build nothing
+        return
     signals.send(
         signals.connection_detached,
         type(wrapper) if wrapper is not None else None,
