@@ -133,6 +133,21 @@ def test_parent_keeps_its_advisory_lock_and_temp_table_across_forks(
     assert _temp_rows() == [7]
 
 
+def test_close_before_fork_false_keeps_the_lock_and_temp_table_through_forksafe_process(
+    rows: None, vendor: str, default_options: None
+) -> None:
+    """The pool and process wrappers close an idle connection by default; False keeps it."""
+    if vendor == "sqlite":
+        pytest.skip("advisory locks are server features")
+    forksafe.install(close_before_fork=False)
+    _take_state(vendor)
+    parent = backend_id()
+    _fork_with_forksafe_process()
+    assert backend_id() == parent
+    assert _lock_holder(vendor) == parent
+    assert _temp_rows() == [7]
+
+
 def test_control_closing_before_the_fork_loses_the_lock_and_the_temp_table(
     rows: None, vendor: str, default_options: None
 ) -> None:
