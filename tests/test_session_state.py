@@ -118,31 +118,21 @@ def _temp_rows() -> list[Any]:
         return [r[0] for r in cursor.fetchall()]
 
 
+@pytest.mark.parametrize(
+    ("fork", "close_before_fork"), [("os.fork", None), ("forksafe Process", False)]
+)
 def test_parent_keeps_its_advisory_lock_and_temp_table_across_forks(
-    rows: None, vendor: str, default_options: None
+    rows: None, vendor: str, default_options: None, fork: str, close_before_fork: bool | None
 ) -> None:
+    """``os.fork()`` closes nothing by default; the pool and process wrappers close an
+    idle connection unless ``close_before_fork=False``."""
     if vendor == "sqlite":
         pytest.skip("advisory locks are server features")
-    forksafe.install()
+    forksafe.install(close_before_fork=close_before_fork)
     _take_state(vendor)
     parent = backend_id()
     for _ in range(3):
-        _fork_with_os_fork()
-    assert backend_id() == parent
-    assert _lock_holder(vendor) == parent
-    assert _temp_rows() == [7]
-
-
-def test_close_before_fork_false_keeps_the_lock_and_temp_table_through_forksafe_process(
-    rows: None, vendor: str, default_options: None
-) -> None:
-    """The pool and process wrappers close an idle connection by default; False keeps it."""
-    if vendor == "sqlite":
-        pytest.skip("advisory locks are server features")
-    forksafe.install(close_before_fork=False)
-    _take_state(vendor)
-    parent = backend_id()
-    _fork_with_forksafe_process()
+        FORKS[fork]()
     assert backend_id() == parent
     assert _lock_holder(vendor) == parent
     assert _temp_rows() == [7]
