@@ -41,8 +41,11 @@ and delete its journal, so an inherited SQLite handle is *parked*: kept alive
 for the rest of the child's life, never used, never closed. The child opens
 its own handle on the next query.
 
-Anything that fails or that we do not recognise is parked the same way: a
-leaked object never says goodbye.
+A connection of a backend forksafe does not know is detached by the same
+``dup2`` when it has a ``fileno()`` (and then left to its own deallocation,
+whose goodbye goes to ``/dev/null``); without one it is parked and reported
+once per class. Anything that fails is parked the same way: a leaked object
+never says goodbye.
 """
 
 from __future__ import annotations
@@ -88,7 +91,21 @@ def _socket_fd(raw: Any, driver: str) -> int | None:
         if getattr(raw, "closed", 0) or not getattr(raw, "open", 1):
             return None
         return int(raw.fileno())
-    raise LookupError(f"forksafe does not know how to find the socket of {driver!r}")
+    # A backend forksafe does not know: the DB-API has no standard for this, but
+    # many connections (and the sockets under them) expose ``fileno()``.
+    fileno = getattr(raw, "fileno", None)
+    if not callable(fileno):
+        raise _NoDescriptor
+    return int(fileno())
+
+
+class _NoDescriptor(LookupError):
+    """A connection forksafe does not know, with no ``fileno()``."""
+
+
+_KNOWN = frozenset({"pymysql", "psycopg", "psycopg2", "MySQLdb"})
+# Unknown connection classes already reported in this process: once each.
+_reported: set[type] = set()
 
 
 def _point_at_devnull(fd: int) -> None:
@@ -136,9 +153,23 @@ def detach(raw: Any, *, owned: bool, alias: str = "?") -> str:
         return "parked"
     try:
         fd = _socket_fd(raw, driver)
-        if fd is None:
+        if fd is None or fd < 0:  # -1: a close() in another thread got that far
             return "closed-already"
         _point_at_devnull(fd)
+    except _NoDescriptor:
+        if type(raw) not in _reported:
+            _reported.add(type(raw))
+            logger.warning(
+                "forksafe: the inherited connection of alias %r is a %s.%s, which forksafe"
+                " does not know and which has no fileno(); it is kept open and unused in"
+                " this process (never closed, so it cannot say goodbye on the parent's"
+                " socket). Reported once per connection class.",
+                alias,
+                type(raw).__module__,
+                type(raw).__qualname__,
+            )
+        park(raw)
+        return "parked"
     except Exception as exc:
         if driver == "MySQLdb" and "thread" in str(exc):
             # mysqlclient 2.2+ refuses to touch a connection another thread was
@@ -161,6 +192,10 @@ def detach(raw: Any, *, owned: bool, alias: str = "?") -> str:
         )
         park(raw)
         return "parked"
+    if driver not in _KNOWN:
+        # Its close() may take locks or do anything: leave it to its deallocation,
+        # whose goodbye (if any) now goes to /dev/null.
+        return "detached"
     try:
         _release(raw, driver, owned)
     except Exception:

@@ -17,10 +17,11 @@ import sys
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from forksafe import _closing, _drivers, _registry
+from forksafe import _closing, _drivers, _guard, _registry, signals
 from forksafe._closing import forget_connection, is_in_memory_sqlite
 from forksafe._warnings import ForkSafeWarning
 
@@ -30,10 +31,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("forksafe")
 
 __all__ = [
+    "add_bypass_explainer",
     "after_fork_in_child",
+    "cleanup",
+    "detach_on_first_use",
+    "wrappers_clean_up",
     "hooks_installed",
     "prepare_fork",
     "register_hooks",
+    "reset_after_late_install",
     "reset_child",
     "set_close_before_fork",
 ]
@@ -41,7 +47,12 @@ __all__ = [
 
 @dataclass
 class _Options:
-    close_before_fork: bool = True
+    # Where the pre-fork cleanup runs implicitly (README: "What is closed before a
+    # fork"). None, the default: in the pool and process wrappers, not at every
+    # os.fork() -- the child detaches what it inherits with no I/O, so closing in
+    # the parent buys it nothing and costs the parent its session state and a
+    # reconnect per fork. True: at every os.fork() too. False: nowhere implicit.
+    close_before_fork: bool | None = None
 
 
 _options = _Options()
@@ -52,58 +63,100 @@ _left_in_atomic: list[weakref.ref[BaseDatabaseWrapper]] = []
 # The pid whose connections are all its own: set at import and after each reset.
 # ``after_fork_in_child()`` in this pid is a no-op.
 _reset_pid = os.getpid()
+# True from our ``before`` hook until our ``after_in_child`` / ``after_in_parent``
+# hook: a child that uses a connection while it is still True is running an
+# at-fork hook registered before ours (see _bypass_path()).
+_in_python_fork = False
 
 
 def set_close_before_fork(enabled: bool) -> None:
-    """Set whether :func:`prepare_fork` closes the forking thread's idle connections."""
+    """Set whether the at-fork hook runs the pre-fork cleanup before every ``os.fork()``."""
     _options.close_before_fork = enabled
 
 
+def wrappers_clean_up() -> bool:
+    """Whether a pool or process wrapper runs the pre-fork cleanup before it forks.
+
+    Yes unless ``close_before_fork=False``, or ``True`` with the at-fork hook
+    installed (which then runs it).
+    """
+    option = _options.close_before_fork
+    return option is None or (option is True and not _hooks_registered)
+
+
 def register_hooks() -> None:
-    """Register the at-fork hooks with :func:`os.register_at_fork`, once per process."""
+    """Switch the at-fork hooks on (they are registered when this module is imported).
+
+    Registering at import puts forksafe's ``after_in_child`` hook before those
+    of every module imported later: :func:`os.register_at_fork` runs them in
+    registration order, and a hook of the application that uses a connection
+    must find it detached.
+    """
     global _hooks_registered
-    if not _hooks_registered:
-        os.register_at_fork(before=_at_fork_before, after_in_child=_at_fork_in_child)
-        _hooks_registered = True
+    _hooks_registered = True
 
 
 def prepare_fork() -> None:
-    """The pre-fork cleanup: close the calling thread's idle connections.
+    """Close the calling thread's connections that nothing is using, before a fork.
 
-    Runs in the parent, in the thread that is about to fork. Other threads'
-    connections are left alone (closing them from here is what Django forbids,
-    and they may be in use); the child detaches them. A connection inside
-    ``transaction.atomic()`` (or with autocommit off) stays open and a
-    :class:`ForkSafeWarning` says so: the parent's transaction goes on, and
-    the child will not touch it. Does nothing when ``install()`` was called
-    with ``close_before_fork=False``. Calling it repeatedly is harmless.
+    Runs in the parent, in the thread that is about to fork; the child is safe
+    without it (it detaches what it inherits, with no I/O). Closed: the calling
+    thread's idle connections. Kept open: a connection with an open cursor (a
+    result being read, an ``.iterator()``), one inside ``transaction.atomic()``
+    or with autocommit off (a :class:`ForkSafeWarning` says so), one shared with
+    other threads, an in-memory SQLite database, and every connection of other
+    threads (the child detaches them). What lives in a closed connection's
+    session ends with it: advisory locks, temporary tables, ``SET`` values. The
+    pool and process wrappers call it before they fork (not with
+    ``install(close_before_fork=False)``); ``os.fork()`` does only with
+    ``install(close_before_fork=True)``. Calling it repeatedly is harmless.
+    """
+    closed, in_transaction = cleanup()
+    if in_transaction:
+        # After the cleanup: with warnings turned into errors, every idle
+        # connection has been closed before this raises.
+        warnings.warn(_in_transaction_message(in_transaction), ForkSafeWarning, stacklevel=2)
+
+
+def cleanup() -> tuple[list[str], list[str]]:
+    """The pre-fork cleanup, silently; return the aliases closed and those kept in a transaction.
+
+    What :func:`prepare_fork` does, without its warning: the pool and process
+    wrappers call it (a pool created inside ``atomic()`` keeps the parent's
+    transaction open, which is what it should do).
     """
     _registry.start_tracking()  # also finds connections opened before install()
-    if not _options.close_before_fork:
-        return
-    pid = os.getpid()
+    closed: list[str] = []
+    kept: list[str] = []
     in_transaction: list[str] = []
-    for entry in _registry.entries():
+    for entry in _registry.entries_of_thread(os.getpid(), threading.get_ident()):
         wrapper = entry.wrapper
-        if wrapper is None or entry.pid != pid or not _owned_here(entry):
+        if wrapper is None or not _owned_here(entry):
+            continue
+        if wrapper.connection is entry.raw and _registry.in_use(entry):
+            kept.append(wrapper.alias)
             continue
         try:
-            if _closing.close_owned(wrapper, in_atomic="keep", shared="skip") == "in-transaction":
-                in_transaction.append(wrapper.alias)
+            outcome = _closing.close_owned(wrapper, in_atomic="keep", shared="skip")
         except Exception:
             logger.warning(
                 "forksafe: closing connection %r before fork failed", wrapper.alias, exc_info=True
             )
-    if in_transaction:
-        # After the loop: with warnings turned into errors, every idle
-        # connection has been closed before this raises.
-        warnings.warn(
-            f"forksafe: connection(s) {', '.join(map(repr, in_transaction))} inside a"
-            " transaction at fork time stay open in the parent; the child will not use"
-            " them. Fork outside transaction.atomic() to get rid of this warning.",
-            ForkSafeWarning,
-            stacklevel=2,
-        )
+            continue
+        if outcome == "in-transaction":
+            in_transaction.append(wrapper.alias)
+        elif outcome == "closed":
+            closed.append(wrapper.alias)
+    signals.send(signals.fork_prepared, closed=closed, kept=kept + in_transaction)
+    return closed, in_transaction
+
+
+def _in_transaction_message(aliases: list[str]) -> str:
+    return (
+        f"forksafe: connection(s) {', '.join(map(repr, aliases))} inside a"
+        " transaction at fork time stay open in the parent; the child will not use"
+        " them. Fork outside transaction.atomic() to get rid of this warning."
+    )
 
 
 def after_fork_in_child() -> None:
@@ -140,15 +193,113 @@ def reset_child(*, worker: bool = False) -> None:
     wrappers an earlier raw-fork reset of this process left "closed inside a
     transaction" are cleaned too. No I/O.
     """
-    _detach_inherited(clean_transactions=worker)
+    _detach_inherited(clean_transactions=worker, bypass=None)
     while worker and _left_in_atomic:
         wrapper = _left_in_atomic.pop()()
         if wrapper is not None and wrapper.connection is None:
             forget_connection(wrapper, clean=True)
 
 
-def _detach_inherited(*, clean_transactions: bool) -> None:
-    """Once per process: detach what it inherited; ``clean_transactions`` for workers."""
+@dataclass
+class _Bypass:
+    """A reset that no fork hook ran: what triggered it, and the path that bypassed the hooks."""
+
+    path: str
+    alias: str | None = None
+    driver: str | None = None
+    sender: type | None = None
+
+
+# Functions that explain a bypass in their integration's terms (forksafe.uwsgi adds one).
+_explainers: list[Callable[[], str | None]] = []
+
+
+def add_bypass_explainer(explain: Callable[[], str | None]) -> None:
+    """Let ``explain()`` say which fork path bypassed the hooks (``None``: not mine)."""
+    if explain not in _explainers:
+        _explainers.append(explain)
+
+
+def _bypass_path() -> str:
+    """Why this process was not reset when it was forked, and how to hook it properly."""
+    if _in_python_fork:
+        return (
+            "an os.register_at_fork(after_in_child=...) hook registered before forksafe"
+            " was imported used a connection before forksafe's reset ran. Hooks run in"
+            " the order they were registered: import forksafe (or call"
+            " forksafe.install()) before registering yours"
+        )
+    for explain in _explainers:
+        text = explain()
+        if text:
+            return text
+    return (
+        "it was forked without running Python's at-fork hooks (fork() called from C: an"
+        " extension module or an embedding server such as mod_wsgi). Call"
+        " forksafe.after_fork_in_child() first thing in the child"
+    )
+
+
+def detach_on_first_use(wrapper: BaseDatabaseWrapper) -> None:
+    """The pid check found ``wrapper`` holding a connection another process opened.
+
+    Called by ``forksafe._guard`` before the wrapper is used. No fork hook
+    reset this process: reset it now (every inherited connection, no I/O),
+    with one WARNING naming the path that bypassed the hooks. Whatever the
+    wrapper still holds afterwards is this process's own.
+    """
+    raw = wrapper.connection
+    if os.getpid() != _reset_pid and raw is not None:
+        bypass = _Bypass(_bypass_path(), wrapper.alias, _drivers.driver_of(raw), type(wrapper))
+        try:
+            _detach_inherited(clean_transactions=False, bypass=bypass)
+        except Exception:
+            logger.warning("forksafe: detaching the inherited connections failed", exc_info=True)
+    if wrapper.connection is not None:
+        wrapper.__dict__[_guard.PID_ATTRIBUTE] = _guard.current_pid()
+
+
+def reset_after_late_install() -> None:
+    """``install()`` in a process forked after forksafe was imported but not installed.
+
+    The parent had no hooks, so nothing was reset here: do it now.
+    """
+    if not _hooks_registered and os.getpid() != _reset_pid:
+        path = (
+            "forksafe.install() was called after this process was forked (forksafe was"
+            f" imported in pid {_reset_pid}, which had not installed it). Call"
+            " forksafe.install() before anything forks: at the top of manage.py or"
+            " wsgi.py, or add 'forksafe' to INSTALLED_APPS"
+        )
+        _detach_inherited(clean_transactions=False, bypass=_Bypass(path))
+
+
+def _report_detached(
+    entry: _registry.Entry, wrapper: BaseDatabaseWrapper | None, how: str, bypassed: bool
+) -> None:
+    logger.debug(
+        "forksafe: detached inherited connection %r (%s): %s", entry.alias, entry.driver, how
+    )
+    if bypassed:
+        _registry.note_bypassed(entry.alias)
+    if not signals.connection_detached.receivers:  # the common case: build nothing
+        return
+    signals.send(
+        signals.connection_detached,
+        type(wrapper) if wrapper is not None else None,
+        alias=entry.alias,
+        driver=entry.driver,
+        how=how,
+        connection=wrapper,
+    )
+
+
+def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None) -> None:
+    """Once per process: detach what it inherited; ``clean_transactions`` for workers.
+
+    ``bypass``: no fork hook ran this reset (the pid check did, or a late
+    ``install()``); counted, logged and signalled as such.
+    """
     global _reset_pid
     pid = os.getpid()
     if pid == _reset_pid:
@@ -160,6 +311,7 @@ def _detach_inherited(*, clean_transactions: bool) -> None:
     _reinit_signal_lock()  # before start_tracking(), which may connect the receiver
     _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
     in_atomic: list[str] = []
+    detached = 0
     for entry in list(_registry.inherited()):
         wrapper = entry.wrapper
         owned = _owned_here(entry)
@@ -169,8 +321,11 @@ def _detach_inherited(*, clean_transactions: bool) -> None:
                 # child a private copy: keep it, as plain Django does.
                 _registry.register(wrapper)
                 continue
-            if _drivers.detach(entry.raw, owned=owned, alias=entry.alias) != "closed-already":
+            how = _drivers.detach(entry.raw, owned=owned, alias=entry.alias)
+            if how != "closed-already":
                 _registry.note_detached(entry.alias)
+                detached += 1
+                _report_detached(entry, wrapper, how, bypass is not None)
             if wrapper is not None:
                 if wrapper.connection is not None and wrapper.connection is not entry.raw:
                     _drivers.detach(wrapper.connection, owned=owned, alias=entry.alias)
@@ -201,6 +356,23 @@ def _detach_inherited(*, clean_transactions: bool) -> None:
             " in the rest of that block raise, leaving it is clean",
             ", ".join(repr(a) for a in in_atomic),
         )
+    if bypass is not None and (detached or bypass.alias is not None):
+        logger.warning(
+            "forksafe: this process (pid %d) was forked without forksafe's reset running"
+            " first: %s. Its %d inherited connection(s) were detached (no network I/O)"
+            " when forksafe noticed%s; new ones are opened as needed.",
+            pid,
+            bypass.path,
+            detached,
+            "" if bypass.alias is None else f", before {bypass.alias!r} was used",
+        )
+        signals.send(
+            signals.bypass_detected,
+            bypass.sender,
+            alias=bypass.alias,
+            driver=bypass.driver,
+            path=bypass.path,
+        )
 
 
 def _owned_here(entry: _registry.Entry) -> bool:
@@ -225,10 +397,11 @@ def _reinit_signal_lock() -> None:
     leave it held for ever, and the child's first connect would hang -- as
     ``logging`` re-creates its handler locks after a fork.
     """
-    signals = sys.modules.get("django.db.backends.signals")
-    signal = getattr(signals, "connection_created", None)
+    module = sys.modules.get("django.db.backends.signals")
+    signal = getattr(module, "connection_created", None)
     if signal is not None:
         signal.lock = threading.Lock()
+    signals.reinit_locks()  # forksafe's own, sent during the reset
 
 
 def hooks_installed() -> bool:
@@ -237,15 +410,39 @@ def hooks_installed() -> bool:
 
 
 def _at_fork_before() -> None:
-    """The ``before`` hook of :func:`os.register_at_fork`: :func:`prepare_fork`, never raising."""
+    """The ``before`` hook of :func:`os.register_at_fork`: the pre-fork cleanup, never raising."""
+    global _in_python_fork
+    _in_python_fork = True
+    if not _hooks_registered:
+        return
     try:
-        prepare_fork()
+        if _options.close_before_fork is not True:
+            signals.send(signals.fork_prepared, closed=[], kept=[])
+            return
+        _closed, in_transaction = cleanup()
+        if in_transaction:
+            # stacklevel=2: the line that called os.fork() (the hook is called from C).
+            warnings.warn(_in_transaction_message(in_transaction), ForkSafeWarning, stacklevel=2)
+    except ForkSafeWarning as warning:
+        # Warnings turned into errors (pytest's filterwarnings = error): the cleanup
+        # went well, and an exception cannot leave a fork hook anyway.
+        logger.info("%s", warning)
     except Exception:
         logger.warning("forksafe: the pre-fork cleanup failed", exc_info=True)
 
 
+def _at_fork_in_parent() -> None:
+    """The ``after_in_parent`` hook."""
+    global _in_python_fork
+    _in_python_fork = False
+
+
 def _at_fork_in_child() -> None:
     """The ``after_in_child`` hook of :func:`os.register_at_fork`: the child reset."""
+    global _in_python_fork
+    _in_python_fork = False
+    if not _hooks_registered:
+        return
     try:
         reset_child()
     except Exception:
@@ -259,3 +456,10 @@ def _close_at_exit() -> None:
     from forksafe import _exit  # it builds on this module
 
     _exit.close_at_exit()
+
+
+# At import, so that forksafe's child reset runs before the at-fork hooks of every
+# module imported later; they do nothing until install() (register_hooks()).
+os.register_at_fork(
+    before=_at_fork_before, after_in_parent=_at_fork_in_parent, after_in_child=_at_fork_in_child
+)

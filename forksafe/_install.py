@@ -7,7 +7,7 @@ none of them imports it.
 
 from __future__ import annotations
 
-from forksafe import _fork, _registry, uwsgi
+from forksafe import _fork, _guard, _registry, uwsgi
 from forksafe import threads as _threads  # the parameter ``threads`` shadows the name
 
 __all__ = ["install"]
@@ -23,9 +23,15 @@ def install(*, close_before_fork: bool | None = None, threads: bool | None = Non
     Django opens; later calls only change the options they name. An option
     left out keeps its current value.
 
-    ``close_before_fork`` (default ``True``): before a fork, close the forking
-    thread's idle connections (see :func:`forksafe.prepare_fork`); the child
-    is safe either way.
+    ``close_before_fork`` (default ``False``): run the pre-fork cleanup of
+    :func:`forksafe.prepare_fork` before every ``os.fork()`` too. The child is
+    safe either way; the cleanup ends the session (and its locks, temporary
+    tables, ``SET`` values) of every idle connection of the forking thread.
+
+    Every Django connection also checks, before each use, that this process
+    opened it: a fork that no hook saw (uWSGI without ``master``, ``fork()``
+    from C, this call made after the fork) is caught there, its inherited
+    connections detached and a WARNING logged (see ``forksafe._guard``).
 
     ``threads`` (default ``False``): close the connections of *every* thread
     when that thread ends, whoever started it; see ``forksafe.threads``.
@@ -35,6 +41,8 @@ def install(*, close_before_fork: bool | None = None, threads: bool | None = Non
             raise TypeError(f"install({name}=...) takes True or False, not {value!r}")
     if close_before_fork is not None:
         _fork.set_close_before_fork(close_before_fork)
+    _guard.install()
+    _fork.reset_after_late_install()
     _registry.start_tracking()
     if threads is not None:
         _threads.close_at_thread_exit(threads)

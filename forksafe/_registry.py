@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forksafe import _drivers
+from forksafe._guard import PID_ATTRIBUTE
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -51,10 +52,13 @@ if TYPE_CHECKING:
 __all__ = [
     "UNKNOWN_PID",
     "Entry",
+    "closed",
     "entries",
     "entries_of_thread",
     "forget",
+    "in_use",
     "inherited",
+    "note_bypassed",
     "note_detached",
     "register",
     "set_connect_hook",
@@ -78,6 +82,8 @@ class Entry:
     # Unique in this process, increasing: tells entries of a thread that ended
     # from those of a later thread that got the same ident.
     seq: int = field(init=False, repr=False)
+    # sys.getrefcount(raw) with nothing using it, measured at registration; see in_use().
+    idle_refs: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.driver = _drivers.driver_of(self.raw)
@@ -98,6 +104,7 @@ _connect_hook: Callable[[BaseDatabaseWrapper], None] | None = None
 # Per alias, in this process only (a forked child starts from zero).
 _opened: Counter[str] = Counter()
 _detached: Counter[str] = Counter()
+_bypassed: Counter[str] = Counter()
 
 
 def _index(key: int, entry: Entry) -> None:
@@ -178,6 +185,37 @@ def register(wrapper: BaseDatabaseWrapper, *, pid: int | None = None) -> None:
     if (entry.pid, entry.thread_id) not in _by_thread and len(_by_thread) >= _prune_at:
         _prune()
     _index(key, entry)
+    # Read by the pid check before each use of the wrapper (forksafe._guard).
+    wrapper.__dict__[PID_ATTRIBUTE] = entry.pid
+    # References now: ``raw`` here, ``entry.raw``, ``wrapper.connection``, the
+    # argument, and whatever the driver keeps itself. in_use() counts the same.
+    entry.idle_refs = sys.getrefcount(raw)
+
+
+def in_use(entry: Entry) -> bool:
+    """Whether something holds ``entry``'s connection besides its wrapper: a cursor, mostly.
+
+    Every DB-API cursor keeps a reference to its connection (psycopg, psycopg2,
+    mysqlclient, PyMySQL, sqlite3), so a reference count above the one measured
+    when the connection was registered means an open cursor -- a result being
+    read, an ``.iterator()`` -- or code holding the raw connection. Wrong only
+    on the safe side: a leftover cursor nobody reads keeps the connection open.
+    """
+    raw = entry.raw
+    return sys.getrefcount(raw) > entry.idle_refs
+
+
+def closed(wrapper: BaseDatabaseWrapper) -> None:
+    """``wrapper`` closed its connection: drop its entry, which must not keep it alive."""
+    key = id(wrapper)
+    entry = _entries.get(key)
+    if (
+        entry is not None
+        and entry.wrapper is wrapper
+        and wrapper.connection is not entry.raw
+        and _entries.pop(key, None) is entry
+    ):
+        _unindex(key, entry)
 
 
 def forget(entry: Entry) -> None:
@@ -269,20 +307,28 @@ def note_detached(alias: str) -> None:
     _detached[alias] += 1
 
 
+def note_bypassed(alias: str) -> None:
+    """Count one inherited connection of ``alias`` found only at its first use (no hook ran)."""
+    _bypassed[alias] += 1
+
+
 def start_counting_afresh() -> None:
     """In a forked child: the parent's counts are not this process's."""
     _opened.clear()
     _detached.clear()
+    _bypassed.clear()
 
 
 def stats() -> dict[str, dict[str, int]]:
-    """Connections of this process by alias: ``opened``, ``open``, ``closed``, ``detached``.
+    """Connections of this process by alias: ``opened``, ``open``, ``closed``, ``detached``...
 
     ``opened`` counts Django's ``connect()`` calls in this process since
     tracking started (plus connections found open when it started); ``open``
     those whose wrapper still holds them; ``closed`` the difference (closed by
     Django, returned to a native pool, or collected); ``detached`` inherited
-    connections dropped after a fork. Covers every thread.
+    connections dropped after a fork; ``bypasses`` those of them that no fork
+    hook reset, found by the pid check at their first use (uWSGI without
+    ``master``, ``fork()`` from C...). Covers every thread.
     """
     pid = os.getpid()
     still_open: Counter[str] = Counter()
@@ -290,13 +336,14 @@ def stats() -> dict[str, dict[str, int]]:
         wrapper = entry.wrapper
         if entry.pid == pid and wrapper is not None and wrapper.connection is entry.raw:
             still_open[entry.alias] += 1
-    aliases = sorted(set(_opened) | set(_detached) | set(still_open))
+    aliases = sorted(set(_opened) | set(_detached) | set(_bypassed) | set(still_open))
     return {
         alias: {
             "opened": _opened[alias],
             "open": still_open[alias],
             "closed": max(_opened[alias] - still_open[alias], 0),
             "detached": _detached[alias],
+            "bypasses": _bypassed[alias],
         }
         for alias in aliases
     }

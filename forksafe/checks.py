@@ -113,8 +113,10 @@ def uwsgi_messages(facts: ServerFacts | None) -> list[checks.CheckMessage]:
         messages.append(
             checks.Warning(
                 "uWSGI runs without 'master': uwsgidecorators refuses to run postfork"
-                " hooks, so forksafe cannot reset connections in workers and they share"
-                " the connections the app opened while loading.",
+                " hooks, so forksafe cannot reset a worker when it is forked, only when"
+                " it first uses a connection inherited from the loading process (a"
+                " WARNING per worker). 'master' adds the reset before any of your code"
+                " (@postfork hooks included), mules and spoolers, and respawns.",
                 hint="Add 'master = true' to the uWSGI configuration, or call"
                 " forksafe.after_fork_in_child() at the start of every worker yourself.",
                 id="forksafe.W002",

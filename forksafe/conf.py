@@ -4,7 +4,7 @@ One dict in ``settings.py``; every key is optional::
 
     FORKSAFE = {
         "INSTALL": True,            # AppConfig.ready() calls forksafe.install()
-        "CLOSE_BEFORE_FORK": True,  # install(close_before_fork=...)
+        "CLOSE_BEFORE_FORK": True,  # install(close_before_fork=...); left out: the default
         "THREADS": False,           # install(threads=...)
         "POOLER": "transaction",    # or {"default": "transaction"}: how PgBouncer pools
     }
@@ -22,7 +22,7 @@ __all__ = ["DEFAULTS", "OTHER_KEYS", "explicit", "get", "invalid", "raw_value", 
 
 DEFAULTS: dict[str, bool] = {
     "INSTALL": True,
-    "CLOSE_BEFORE_FORK": True,
+    "CLOSE_BEFORE_FORK": False,
     "THREADS": False,
 }
 #: Keys that are not switches; whoever uses them validates them.

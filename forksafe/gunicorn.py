@@ -30,7 +30,8 @@ def pre_fork(server: Any, worker: Any) -> None:
 
     gunicorn's ``pre_fork(server, worker)`` hook, in the arbiter: with
     ``preload_app = True`` it may have queried while loading; it serves no
-    request, so it keeps no session and the worker inherits nothing to detach.
+    request, so it keeps no idle session and the worker inherits nothing to
+    detach (one with an open cursor or inside a transaction is kept).
     This is :func:`forksafe.prepare_fork`; with ``forksafe.install()`` its
     at-fork hook runs it too and the second call finds nothing open.
     """

@@ -10,8 +10,9 @@ Everything happens in the process classes, so anything that builds its workers f
 forksafe context (``ctx.Pool``, ``ctx.Process``, the executor) gets it:
 
 * **In the parent, before a fork** (``fork`` start method): the pre-fork cleanup of
-  :func:`forksafe.prepare_fork` runs in the forking thread (once per fork; when
-  ``install()`` registered the hooks, they do it).
+  :func:`forksafe.prepare_fork` runs in the forking thread (once per fork; not with
+  ``install(close_before_fork=False)``): it closes that thread's idle connections, never
+  one with an open cursor or a transaction.
 * **In the worker, before anything else** (``BaseProcess._bootstrap``, the first Python
   code of a child under every start method): inherited connections are detached with no
   network I/O and the worker's wrappers start with *clean* transaction state, even when
@@ -88,10 +89,10 @@ def _settings_module_to_carry() -> str | None:
 
 
 def _before_fork() -> None:
-    """The pre-fork cleanup, in the thread about to fork (skipped if the hooks do it)."""
-    if "django.db" not in sys.modules or _fork.hooks_installed():
+    """The pre-fork cleanup, in the thread about to fork (skipped if the at-fork hook runs it)."""
+    if "django.db" not in sys.modules or not _fork.wrappers_clean_up():
         return
-    _fork.prepare_fork()
+    _fork.cleanup()
 
 
 # --- what runs in the child -----------------------------------------------------------------

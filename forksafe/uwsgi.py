@@ -25,8 +25,11 @@ hook only matters for processes forked later. Outside uWSGI importing this
 module works and :func:`install` does nothing but log why.
 
 uWSGI's ``uwsgidecorators`` refuses to load without the ``master`` process;
-then :func:`install` logs a warning saying to enable ``master`` or to call
-:func:`forksafe.after_fork_in_child` from your own post-fork code.
+then :func:`install` logs a warning saying what ``master`` adds. Workers are
+still safe: each connection checks before its first use in a worker that the
+worker opened it (``forksafe._guard``), and a worker's inherited connections
+are detached then, with one WARNING per worker. What that cannot give: the
+reset before your own post-fork code runs, mules and spoolers.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from forksafe import _fork
 from forksafe._fork import after_fork_in_child
 
 logger = logging.getLogger("forksafe")
@@ -163,13 +167,16 @@ def install() -> bool:
             " install. os.fork() is covered by forksafe.install()'s at-fork hooks."
         )
         return False
+    _fork.add_bypass_explainer(_explain_bypass)
     facts = server_facts()
     if facts is not None and not facts.master:
         logger.warning(
             "forksafe.uwsgi: uWSGI runs without its master process, so its post-fork hook"
-            " chain (uwsgidecorators) is not available and workers would keep the"
-            " database connections of the process that loaded the application. Enable"
-            " `master = true`, or call forksafe.after_fork_in_child() at the start of"
+            " chain (uwsgidecorators) is not available: forksafe cannot reset a worker"
+            " when it is forked, only when it first uses a connection inherited from the"
+            " process that loaded the application (a WARNING in each worker). Enable"
+            " `master = true` for the reset before any of your code (@postfork hooks,"
+            " mules, spoolers), or call forksafe.after_fork_in_child() at the start of"
             " your own uwsgi.post_fork_hook."
         )
         return False
@@ -190,6 +197,25 @@ def install() -> bool:
     _installed = True
     logger.debug("forksafe.uwsgi: post-fork detach installed in uWSGI's post-fork chain")
     return True
+
+
+def _explain_bypass() -> str | None:
+    """Which uWSGI path forked a process without forksafe's reset (for the WARNING)."""
+    facts = server_facts()
+    if facts is None:
+        return None
+    if not facts.master:
+        return (
+            "uWSGI forked this worker in C, and without `master` its post-fork hook chain"
+            " (uwsgidecorators) cannot run forksafe's reset. Set `master = true`: the reset"
+            " then runs in every worker, mule and spooler before any of your code, your"
+            " @postfork hooks included"
+        )
+    return (
+        "uWSGI forked this process without running forksafe's post-fork hook: something"
+        " assigned uwsgi.post_fork_hook after forksafe.install(). Register post-fork code"
+        " with @uwsgidecorators.postfork instead"
+    )
 
 
 def install_if_under_uwsgi() -> None:

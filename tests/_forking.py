@@ -25,10 +25,15 @@ class ChildFailed(AssertionError):
     """The forked child raised (its traceback is the message) or died without a report."""
 
 
-def run_in_child(func: Callable[[], T], timeout: float = 60) -> T:
-    """Fork, call ``func()`` in the child, return what it returned."""
+def run_in_child(
+    func: Callable[[], T], timeout: float = 60, *, fork: Callable[[], int] = os.fork
+) -> T:
+    """Fork, call ``func()`` in the child, return what it returned.
+
+    ``fork``: what forks (``os.fork``; the defence tests fork from C).
+    """
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(read_fd)
         code = 0

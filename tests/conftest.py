@@ -64,6 +64,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _restore_close_before_fork() -> Iterator[None]:
+    """Every test starts with the suite's option, whatever it set (install() is global)."""
+    from forksafe import _fork
+
+    saved = _fork._options.close_before_fork
+    yield
+    _fork._options.close_before_fork = saved
+
+
 @pytest.fixture(scope="session")
 def django_db_setup() -> Iterator[None]:
     """Create the test app's table once per run, drop it at the end."""

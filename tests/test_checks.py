@@ -45,7 +45,7 @@ def test_forksafe_setting_that_is_not_a_dict_is_an_error() -> None:
 def test_wrong_value_type_is_an_error_and_falls_back_to_the_default() -> None:
     with override_settings(FORKSAFE={"CLOSE_BEFORE_FORK": "no"}):
         messages = checks.forksafe_checks()
-        assert conf.get("CLOSE_BEFORE_FORK") is True
+        assert conf.get("CLOSE_BEFORE_FORK") is False
     assert _ids(messages) == ["forksafe.E002"]
     assert "'no'" in messages[0].msg
 
@@ -141,17 +141,17 @@ def _ready_in_fresh_process(forksafe_setting: dict[str, Any], before: str = "") 
 
 
 def test_app_ready_installs_the_hooks_with_the_settings() -> None:
-    assert _ready_in_fresh_process({}) == "True True False"
-    setting = {"CLOSE_BEFORE_FORK": False, "THREADS": True}
-    assert _ready_in_fresh_process(setting) == "True False True"
+    assert _ready_in_fresh_process({}) == "True None False"
+    setting = {"CLOSE_BEFORE_FORK": True, "THREADS": True}
+    assert _ready_in_fresh_process(setting) == "True True True"
 
 
 def test_app_ready_installs_nothing_when_told_not_to() -> None:
-    assert _ready_in_fresh_process({"INSTALL": False}) == "False True False"
+    assert _ready_in_fresh_process({"INSTALL": False}) == "False None False"
 
 
 def test_app_ready_survives_invalid_settings_and_leaves_them_to_the_checks() -> None:
-    assert _ready_in_fresh_process({"THREADS": "yes", "TYPO": 1}) == "True True False"
+    assert _ready_in_fresh_process({"THREADS": "yes", "TYPO": 1}) == "True None False"
 
 
 def test_app_ready_keeps_the_options_of_an_earlier_install_call() -> None:

@@ -170,6 +170,25 @@ def test_py_call_osafterfork_and_the_post_fork_hook_together_work(example_db: st
     assert_own_sessions(result, workers=2)
 
 
+def test_without_master_each_worker_gets_its_own_session_on_first_use(
+    example_db: str, baseline: int
+) -> None:
+    """No hook runs in the workers: the pid check before each use detaches and reconnects.
+
+    Without ``master`` the process that loaded the application becomes worker 1 (its
+    session is its own) and forks the others in C.
+    """
+    with Server("no-master", example_db, processes=WORKERS) as server:
+        result = fire(server.url, requests=1000, concurrency=32, timeout=10)
+        log = server.log()
+        assert_own_sessions(result, workers=WORKERS)
+        assert all(len(b) == 1 for b in result.backends_by_pid.values()), result.backends_by_pid
+        assert settle_sessions(baseline + WORKERS) == baseline + WORKERS
+    # One WARNING per forked worker, saying what master adds.
+    assert log.count("was forked without forksafe's reset") == WORKERS - 1, log
+    assert "master = true" in log
+
+
 def test_without_master_forksafe_says_how_to_fix_it(example_db: str) -> None:
     with Server("no-master", example_db, processes=2) as server:
         get(server.url)
