@@ -224,7 +224,7 @@ def _first_request() -> None:
     from forksafe import checks, conf
     from forksafe._install import install
 
-    if conf.get("INSTALL") and conf.get_set("THREADS") is None:
+    if conf.get("INSTALL") and conf.explicit("THREADS") is None:
         install(threads=True)
     for message in checks.asgi_messages("an ASGI request was served"):
         logger.warning("%s: %s HINT: %s", message.id, message.msg, message.hint)
@@ -233,12 +233,12 @@ def _first_request() -> None:
 async def _on_request_started(sender: object, **kwargs: object) -> None:
     """``request_started`` receiver for Django's ASGI handler, in the server's loop.
 
-    Per request: one dictionary lookup once the loop has its executor.
+    Per request, once set up: a flag and a dictionary lookup.
     """
-    if asyncio.get_running_loop() in _executors:
-        return
-    _first_request()
-    install_default_executor()
+    if not _served:
+        _first_request()
+    if asyncio.get_running_loop() not in _executors:
+        install_default_executor()
 
 
 def connect_signals() -> None:

@@ -102,9 +102,13 @@ def _close_all(
 ) -> list[BaseException]:
     """Close each of ``wrappers`` owned by the calling thread; return the errors.
 
-    The rule is :func:`forksafe._closing.close_owned`'s, with ``shared="close"``
-    (this thread is done with what it shares). ``in_atomic="close"`` when the
-    code that opened the block is gone, ``"warn"`` while it still runs.
+    The rule is :func:`forksafe._closing.close_owned`'s, with ``shared="skip"``:
+    a connection this thread shares (``inc_thread_sharing()``) was handed to
+    other threads on purpose -- Django's own ``test_default_connection_thread_local``
+    shares one so that the main thread can use and close it after this one
+    ended. It stays open for them: whoever it was shared with closes it, or
+    the cyclic GC does once the wrapper is unreachable. ``in_atomic="close"``
+    when the code that opened the block is gone, ``"warn"`` while it still runs.
     """
     errors: list[BaseException] = []
     seen: set[int] = set()
@@ -113,7 +117,7 @@ def _close_all(
             continue
         seen.add(id(wrapper))
         try:
-            _closing.close_owned(wrapper, in_atomic=in_atomic, shared="close")
+            _closing.close_owned(wrapper, in_atomic=in_atomic, shared="skip")
         except Exception as exc:
             errors.append(exc)
     return errors
@@ -240,7 +244,8 @@ class Thread(threading.Thread):
     ``join()`` returns and before an exception reaches
     :func:`threading.excepthook`. The closing happens in the thread that
     owns the connections; connections that another thread shared with it
-    (``inc_thread_sharing``) are left to their owner. A connection left
+    (``inc_thread_sharing``) are left to their owner, and one the thread
+    shares with others is left open for them (they close it). A connection left
     inside ``atomic`` is closed (the server rolls back). A failure to close
     is logged on the ``forksafe`` logger, never raised.
 

@@ -52,13 +52,13 @@ def _djangos_thread_local_test(thread_class: Callable[..., threading.Thread]) ->
         raws = {wrapper.connection for wrapper in by_id.values()}
         assert len(raws) == 3 and None not in raws
     finally:
+        # ``connection`` is Django's proxy to this thread's wrapper, as in Django's test.
         for wrapper in by_id.values():
-            if wrapper is not connections[DEFAULT_DB_ALIAS] and wrapper.allow_thread_sharing:
+            if wrapper is not connection and wrapper.allow_thread_sharing:
                 wrapper.close()
                 wrapper.dec_thread_sharing()
-    assert all(
-        w.connection is None for w in by_id.values() if w is not connections[DEFAULT_DB_ALIAS]
-    )
+    # The thread that received them closed them.
+    assert all(w.connection is None for w in by_id.values() if w is not connection)
 
 
 def test_djangos_shared_connection_case_passes_with_install_threads(
@@ -74,8 +74,14 @@ def test_djangos_shared_connection_case_passes_with_forksafe_thread(db: None) ->
 def test_executor_worker_leaves_a_connection_it_shares_to_the_thread_it_shares_with(
     db: None,
 ) -> None:
-    """A task shares its worker's wrapper; the worker exits; the receiver still uses it."""
+    """A task shares its worker's wrapper; the worker exits; the receiver still uses it.
+
+    ``CONN_MAX_AGE=None``: with 0, Django's rule after the task closes it (as after a
+    request), shared or not.
+    """
     shared: list[BaseDatabaseWrapper] = []
+    settings_dict = connections.settings[DEFAULT_DB_ALIAS]
+    old, settings_dict["CONN_MAX_AGE"] = settings_dict["CONN_MAX_AGE"], None
 
     def share() -> None:
         wrapper = connections[DEFAULT_DB_ALIAS]
@@ -83,8 +89,11 @@ def test_executor_worker_leaves_a_connection_it_shares_to_the_thread_it_shares_w
         wrapper.ensure_connection()
         shared.append(wrapper)
 
-    with forksafe.ThreadPoolExecutor(1) as executor:
-        executor.submit(share).result()
+    try:
+        with forksafe.ThreadPoolExecutor(1) as executor:
+            executor.submit(share).result()
+    finally:
+        settings_dict["CONN_MAX_AGE"] = old
     wrapper = shared[0]
     try:
         assert wrapper.connection is not None

@@ -7,8 +7,8 @@ as in ``forksafe demo``. ``EXAMPLE_CONN_MAX_AGE`` (default 600) is ``CONN_MAX_AG
 0, as Django requires).
 
 Under ASGI (``asgi.py`` sets ``EXAMPLE_ASGI=1``) with ``EXAMPLE_FORKSAFE=1``, the
-``forksafe`` app is installed, as the README recommends; ``EXAMPLE_FORKSAFE_THREADS=1``
-sets ``FORKSAFE["THREADS"]``.
+``forksafe`` app is installed, as the README recommends; ``EXAMPLE_FORKSAFE_THREADS``
+(``0``/``1``) sets ``FORKSAFE["THREADS"]`` (unset: forksafe's default).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
 if os.environ.get("EXAMPLE_ASGI") == "1" and os.environ.get("EXAMPLE_FORKSAFE", "1") == "1":
     INSTALLED_APPS.append("forksafe")
-    FORKSAFE = {"THREADS": os.environ.get("EXAMPLE_FORKSAFE_THREADS") == "1"}
+    if os.environ.get("EXAMPLE_FORKSAFE_THREADS") in ("0", "1"):
+        FORKSAFE = {"THREADS": os.environ["EXAMPLE_FORKSAFE_THREADS"] == "1"}
 MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "exampleproject.urls"
 USE_TZ = True
