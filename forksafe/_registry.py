@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UNKNOWN_PID",
     "Entry",
+    "changes",
     "entries",
     "entries_of_thread",
     "forget",
@@ -93,6 +94,9 @@ _entries: dict[int, Entry] = {}
 _by_thread: dict[tuple[int, int], dict[int, Entry]] = {}
 _prune_at = 256  # buckets before empty ones are dropped; doubles when few are empty
 _seq = itertools.count()  # next() is atomic under the GIL
+# Bumped whenever the per-thread index changes: a thread may cache its own lookup
+# until then (see changes()). A lost increment between two threads still changes it.
+_changes = 0
 _tracking = False
 _connect_hook: Callable[[BaseDatabaseWrapper], None] | None = None
 # Per alias, in this process only (a forked child starts from zero).
@@ -101,6 +105,8 @@ _detached: Counter[str] = Counter()
 
 
 def _index(key: int, entry: Entry) -> None:
+    global _changes
+    _changes += 1
     thread = (entry.pid, entry.thread_id)
     bucket = _by_thread.setdefault(thread, {})
     bucket[key] = entry
@@ -109,6 +115,8 @@ def _index(key: int, entry: Entry) -> None:
 
 
 def _unindex(key: int, entry: Entry) -> None:
+    global _changes
+    _changes += 1
     bucket = _by_thread.get((entry.pid, entry.thread_id))
     if bucket is not None and bucket.get(key) is entry:
         bucket.pop(key, None)
@@ -243,6 +251,15 @@ def start_tracking(*, existing_pid: int | None = None) -> None:
 def entries() -> list[Entry]:
     """A snapshot of every entry, whatever process opened it."""
     return list(_entries.values())
+
+
+def changes() -> int:
+    """A number that changes whenever :func:`entries_of_thread` may answer differently.
+
+    Lets a thread keep the answer for its own (pid, thread) until then: an
+    executor worker looks its connections up between every two tasks.
+    """
+    return _changes
 
 
 def entries_of_thread(pid: int, thread_id: int) -> list[Entry]:

@@ -5,8 +5,11 @@ One dict in ``settings.py``; every key is optional::
     FORKSAFE = {
         "INSTALL": True,            # AppConfig.ready() calls forksafe.install()
         "CLOSE_BEFORE_FORK": True,  # install(close_before_fork=...)
-        "THREADS": False,           # install(threads=...)
+        "THREADS": False,           # install(threads=...); unset: on under ASGI
     }
+
+``THREADS`` left unset is switched on at the first ASGI request
+(``forksafe.asgi``); :func:`get` still answers its default, ``False``, until then.
 """
 
 from __future__ import annotations

@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.database or args.database.startswith("sqlite"):
         parser.error("--database postgresql://... or mysql://...: the rows count server sessions")
     import django
+
     from forksafe._urls import configure_django
 
     configure_django(args.database)
