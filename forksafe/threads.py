@@ -321,23 +321,6 @@ def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any
 RULES_IDLE_SECONDS = 1.0
 
 
-def _connection_needs_rules(wrapper: BaseDatabaseWrapper, now: float) -> bool:
-    """Whether Django's ``close_if_unusable_or_obsolete()`` could do more than reset a flag.
-
-    The conditions of that method (Django 4.2-6.x, ``BaseDatabaseWrapper``):
-    autocommit not restored, errors since the last commit, ``CONN_MAX_AGE``
-    reached. Otherwise all it does is clear ``health_check_done``, which the
-    caller does itself -- calling it costs about 3 µs per task, this check
-    0.3 µs (issue 11, P1).
-    """
-    close_at = wrapper.close_at
-    return (
-        wrapper.errors_occurred
-        or wrapper.autocommit != wrapper.settings_dict["AUTOCOMMIT"]
-        or (close_at is not None and now >= close_at)
-    )
-
-
 def _apply_rules(guard: _Guard, now: float) -> None:
     """Django's request-boundary rules for the connections of the calling worker thread.
 
@@ -348,9 +331,12 @@ def _apply_rules(guard: _Guard, now: float) -> None:
     Django's own ``close_if_unusable_or_obsolete()``, the per-connection rule
     of :func:`django.db.close_old_connections` (``CONN_MAX_AGE``,
     ``CONN_HEALTH_CHECKS``, autocommit left off, errors that made the
-    connection unusable) -- called only when it could close something (see
-    :func:`_connection_needs_rules`). Failures are logged, never raised into
-    the task's future.
+    connection unusable) -- called only when it could close something: when
+    autocommit was not restored, errors occurred since the last commit, or
+    ``CONN_MAX_AGE`` is reached (the conditions of that method, Django
+    4.2-6.x). Otherwise all it does is clear ``health_check_done``, done
+    here directly: calling it costs about 3 µs per task, the check 0.3 µs
+    (issue 11, P1). Failures are logged, never raised into the task's future.
     """
     me = guard.thread_id
     for ref in guard.wrapper_refs():
@@ -365,7 +351,11 @@ def _apply_rules(guard: _Guard, now: float) -> None:
                     wrapper.alias,
                 )
                 _closing.close_owned(wrapper, in_atomic="close", shared="close")
-            elif _connection_needs_rules(wrapper, now):
+            elif (
+                wrapper.errors_occurred
+                or wrapper.autocommit != wrapper.settings_dict["AUTOCOMMIT"]
+                or (wrapper.close_at is not None and now >= wrapper.close_at)
+            ):
                 wrapper.close_if_unusable_or_obsolete()
             else:
                 # What the rule does to a healthy connection: the next query after
@@ -399,6 +389,7 @@ def _run_task(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
     try:
         return fn(*args, **kwargs)
     finally:
+        # The clock after the task: CONN_MAX_AGE=0 means close_at is the connect time.
         _apply_rules(guard, time.monotonic())
 
 
