@@ -340,7 +340,8 @@ def _apply_rules(guard: _Guard, now: float) -> None:
     """
     me = guard.thread_id
     for ref in guard.wrapper_refs():
-        wrapper = ref()
+        # Any: django-stubs do not declare _thread_ident nor health_check_done.
+        wrapper: Any = ref()
         if wrapper is None or wrapper.connection is None or wrapper._thread_ident != me:
             continue
         try:

@@ -18,8 +18,10 @@ import asyncio
 import gc
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection, connections
@@ -28,9 +30,10 @@ import forksafe.asgi
 from forksafe import threads
 from forksafe._sessions import count_sessions, quiet_sessions, settle_sessions
 from tests._prefork import require_server
+from tests.test_demo import demo, table_rows
 from uwsgi_examples.asgi_burst import Run, measure
 
-REQUESTS = 200
+REQUESTS = 120
 CONCURRENCY = 8
 #: The loop's default executor: min(32, CPUs + 4) threads (asyncio's default size).
 EXECUTOR_WORKERS = min(32, (os.cpu_count() or 1) + 4)
@@ -108,8 +111,8 @@ def test_uvicorn_closes_request_threads_and_keeps_executor_sessions_until_shutdo
 
 
 def test_uvicorn_executor_applies_conn_max_age_zero_after_every_task(example_db: str) -> None:
-    run = serve("uvicorn", example_db, ["async-unsafe", "to-thread"], conn_max_age=0)
-    assert run.left == {"async-unsafe": 0, "to-thread": 0}, run.summary()
+    run = serve("uvicorn", example_db, ["to-thread"], conn_max_age=0)
+    assert run.left == {"to-thread": 0}, run.summary()
     assert_goodbye(run)
 
 
@@ -120,8 +123,7 @@ def test_daphne_closes_request_threads_and_says_goodbye_at_shutdown(
     example_db: str, driver: str, db_url: str
 ) -> None:
     require_server("daphne", db_url, driver)
-    run = serve("daphne", example_db, ["", "async", "async-unsafe"])
-    assert run.left[""] == 0, run.summary()
+    run = serve("daphne", example_db, ["async", "async-unsafe"])
     assert run.left["async"] == 0, run.summary()
     assert run.left["async-unsafe"] <= EXECUTOR_WORKERS, run.summary()
     assert_goodbye(run)
@@ -149,7 +151,7 @@ def test_control_plain_gunicorn_uvicorn_workers_abandon_executor_sessions_at_sig
     require_server("gunicorn-uvicorn", db_url, driver)
     run = serve("gunicorn-uvicorn", example_db, ["async-unsafe"], forksafe_mode="0")
     assert not run.errors(), run.summary()
-    assert run.abandoned > 0, run.summary()
+    assert run.abandoned is not None and run.abandoned > 0, run.summary()
 
 
 # --- Django's native pool ------------------------------------------------------------------
@@ -294,10 +296,10 @@ def test_lifespan_middleware_installs_at_startup_and_closes_at_shutdown(
 
     async def main() -> tuple[list[str], int, int]:
         wrapped = forksafe.asgi.LifespanMiddleware(app)
-        inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        inbox: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
         sent: list[str] = []
 
-        async def send(message: dict[str, str]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message["type"])
 
         lifespan = asyncio.create_task(wrapped({"type": "lifespan"}, inbox.get, send))
@@ -317,6 +319,32 @@ def test_lifespan_middleware_installs_at_startup_and_closes_at_shutdown(
     assert seen == ["http"]
     assert before is not None and during == before + 1
     assert after == before  # closed by the shutdown, in the worker, without the GC
+
+
+# --- forksafe demo --only asgi -------------------------------------------------------------
+
+
+@pytest.mark.nodb
+def test_demo_asgi_rows_on_sqlite_say_why_they_are_skipped(vendor: str, tmp_path: Path) -> None:
+    if vendor != "sqlite":
+        pytest.skip("the SQLite demo runs once, in the sqlite3 run")
+    proc = demo("--only", "asgi", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped: the ASGI rows count server sessions" in proc.stdout, proc.stdout
+
+
+def test_demo_asgi_rows_show_plain_request_threads_leaking_and_forksafe_ok(
+    example_db: str, driver: str, tmp_path: Path
+) -> None:
+    if driver != "mysqlclient":
+        pytest.skip("runs once, for mysqlclient (psycopg adds native-pool rows: twice the servers)")
+    proc = demo("--database", example_db, "--only", "asgi", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r[1], r[2]): r for r in table_rows(proc.stdout, 8) if r[2] in ("plain", "forksafe")}
+    assert len(rows) == 6, proc.stdout
+    assert all(r[-1] == "ok" for (_, mode), r in rows.items() if mode == "forksafe"), proc.stdout
+    assert rows[("sync view", "plain")][-1] == "BROKEN", proc.stdout
+    assert int(rows[("sync view", "plain")][5]) > 0, proc.stdout
 
 
 def test_lifespan_middleware_wraps_only_callables() -> None:

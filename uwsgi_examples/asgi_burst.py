@@ -98,9 +98,9 @@ def measure(
 
     Django must be set up in this process with ``default`` on the same database
     (the counts come from there). ``left[path]``: sessions open once that burst
-    is over beyond those open when the server was ready (the application's loader
-    may hold one on purpose); ``abandoned``: counted by the server from start to
-    after the shutdown (None for SQLite).
+    is over beyond those open before it (the application's loader may hold one on
+    purpose, an earlier burst's executor its own); ``abandoned``: counted by the
+    server from start to after the shutdown (None for SQLite).
     """
     from django.db import connections
 
@@ -113,12 +113,12 @@ def measure(
     env = {"EXAMPLE_CONN_MAX_AGE": str(conn_max_age), **(env or {})}
     server = Server(config, database_url, forksafe=forksafe, processes=processes, env=env)
     with server:
-        ready = quiet_sessions()
         for path in paths:
+            before = quiet_sessions()
             run.results[path] = fire(server.url + path, requests, concurrency, timeout=20)
             # Request threads end a moment after their answer: take a stable count.
             now = quiet_sessions(timeout=3.0, stable_for=0.3)
-            run.left[path] = -1 if now is None or ready is None else now - ready
+            run.left[path] = -1 if now is None or before is None else now - before
         run.status = server.stop(signum=server.graceful_signal)
         run.log = server.log()
     if baseline is not None:
@@ -136,26 +136,26 @@ def table(
     """The rows of the README's ASGI table (one dict per mode and view)."""
     from forksafe._urls import split_url
 
-    paths = ["", "async", "async-unsafe"]
-    runs: list[tuple[str, Run]] = []
-    for mode in ("0", "1"):
-        run = measure(
-            config, database_url, paths, forksafe=mode, requests=requests, concurrency=concurrency
-        )
-        runs.append(("CONN_MAX_AGE=60", run))
+    settings: list[tuple[str, int, dict[str, str]]] = [("CONN_MAX_AGE=60", 60, {})]
     if database_url.startswith("postgres") and split_url(database_url)[1] == "psycopg":
+        settings.append(("native pool", 0, {"EXAMPLE_POOL": "1"}))
+    runs: list[tuple[str, Run]] = []
+    # One server per row: a plain burst's leaked sessions, collected by the GC at
+    # some point of the next burst, would blur the next row's count.
+    for setting, conn_max_age, env in settings:
         for mode in ("0", "1"):
-            run = measure(
-                config,
-                database_url,
-                paths,
-                forksafe=mode,
-                conn_max_age=0,
-                env={"EXAMPLE_POOL": "1"},
-                requests=requests,
-                concurrency=concurrency,
-            )
-            runs.append(("native pool", run))
+            for path in ("", "async", "async-unsafe"):
+                run = measure(
+                    config,
+                    database_url,
+                    [path],
+                    forksafe=mode,
+                    conn_max_age=conn_max_age,
+                    env=env,
+                    requests=requests,
+                    concurrency=concurrency,
+                )
+                runs.append((setting, run))
     rows = []
     for setting, run in runs:
         for path, result in run.results.items():

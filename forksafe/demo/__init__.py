@@ -370,7 +370,13 @@ def _run(
             label = "ASGI: uvicorn, plain and forksafe, a burst per view"
             bar.begin(label)
             asgi_table += _asgi_rows(asgi_run, database)
-            bar.end(label, "BROKEN" if any(r[-1] == "BROKEN" for r in asgi_table) else "ok")
+            verdicts = {
+                mode: "BROKEN"
+                if any(r[2] == mode and r[-1] == "BROKEN" for r in asgi_table)
+                else "ok"
+                for mode in COMPARED_MODES
+            }
+            bar.end(label, ", ".join(f"{mode} {v}" for mode, v in verdicts.items()))
     except RuntimeError as exc:
         bar.close()
         first = str(exc).strip().splitlines()
