@@ -15,22 +15,23 @@ abandoned without a goodbye (``pg_stat_database.sessions_abandoned``, MariaDB's
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection, connections
 
 import forksafe.asgi
 from forksafe import threads
-from forksafe._sessions import count_sessions, quiet_sessions, settle_sessions
+from forksafe._sessions import backend_id, count_sessions, quiet_sessions, settle_sessions
 from tests._prefork import require_server
 from tests.test_demo import demo, table_rows
+from tests.test_threads import conn_max_age, no_gc  # noqa: F401 - fixtures
 from uwsgi_examples.asgi_burst import Run, measure
 
 REQUESTS = 120
@@ -44,26 +45,8 @@ def example_db(db_url: str, driver: str) -> str:
     return require_server("uvicorn", db_url, driver)
 
 
-def serve(
-    config: str,
-    db: str,
-    paths: list[str],
-    *,
-    forksafe_mode: str = "1",
-    conn_max_age: int = 60,
-    env: dict[str, str] | None = None,
-) -> Run:
-    """Start ``config``, fire a burst at each of ``paths``, stop it gracefully; the counts."""
-    return measure(
-        config,
-        db,
-        paths,
-        forksafe=forksafe_mode,
-        conn_max_age=conn_max_age,
-        env=env,
-        requests=REQUESTS,
-        concurrency=CONCURRENCY,
-    )
+#: ``measure`` with this file's burst size.
+serve = functools.partial(measure, requests=REQUESTS, concurrency=CONCURRENCY)
 
 
 def assert_goodbye(run: Run) -> None:
@@ -81,7 +64,7 @@ def test_control_plain_django_under_uvicorn_leaves_a_session_per_request_thread(
     example_db: str,
 ) -> None:
     """Without forksafe, ``CONN_MAX_AGE=60``: every request connects, and leaks until the GC."""
-    run = serve("uvicorn", example_db, [""], forksafe_mode="0")
+    run = serve("uvicorn", example_db, [""], forksafe="0")
     assert not run.errors(), run.summary()
     assert len(run.results[""].backends) > REQUESTS // 2, run.summary()
     assert run.left[""] >= 10, run.summary()
@@ -89,7 +72,7 @@ def test_control_plain_django_under_uvicorn_leaves_a_session_per_request_thread(
 
 def test_control_plain_executor_threads_ignore_conn_max_age(example_db: str) -> None:
     """Without forksafe, ``CONN_MAX_AGE=0`` never closes the default executor's sessions."""
-    run = serve("uvicorn", example_db, ["async-unsafe"], forksafe_mode="0", conn_max_age=0)
+    run = serve("uvicorn", example_db, ["async-unsafe"], forksafe="0", conn_max_age=0)
     assert not run.errors(), run.summary()
     assert run.left["async-unsafe"] >= 1, run.summary()
 
@@ -149,7 +132,7 @@ def test_control_plain_gunicorn_uvicorn_workers_abandon_executor_sessions_at_sig
 ) -> None:
     """uvicorn re-raises SIGTERM with gunicorn's default handler: no goodbye without lifespan."""
     require_server("gunicorn-uvicorn", db_url, driver)
-    run = serve("gunicorn-uvicorn", example_db, ["async-unsafe"], forksafe_mode="0")
+    run = serve("gunicorn-uvicorn", example_db, ["async-unsafe"], forksafe="0")
     assert not run.errors(), run.summary()
     assert run.abandoned is not None and run.abandoned > 0, run.summary()
 
@@ -183,36 +166,6 @@ async def _sessions_now() -> int:
     """Count from a thread of its own: Django refuses queries in the loop's thread."""
     with ThreadPoolExecutor(1) as counter:
         return await asyncio.get_running_loop().run_in_executor(counter, _server_sessions)
-
-
-def _query() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        row = cursor.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-@pytest.fixture
-def conn_max_age_zero() -> Iterator[None]:
-    settings_dict = connections.settings["default"]
-    old = settings_dict["CONN_MAX_AGE"]
-    settings_dict["CONN_MAX_AGE"] = 0
-    try:
-        yield
-    finally:
-        settings_dict["CONN_MAX_AGE"] = old
-
-
-@pytest.fixture
-def no_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
 
 
 def test_install_default_executor_outside_a_running_loop_says_where_to_call_it() -> None:
@@ -257,8 +210,10 @@ def test_replaced_executor_keeps_its_size_and_is_shut_down() -> None:
         old.submit(int)
 
 
+@pytest.mark.parametrize("conn_max_age", [0], indirect=True)
+@pytest.mark.usefixtures("conn_max_age", "no_gc")
 def test_executor_threads_apply_django_rules_and_close_when_the_loop_ends(
-    vendor: str, db: None, conn_max_age_zero: None, no_gc: None
+    vendor: str, db: None
 ) -> None:
     """``asyncio.to_thread`` + ``CONN_MAX_AGE=0``: closed after each task; none left at the end."""
     if vendor == "sqlite":
@@ -269,7 +224,7 @@ def test_executor_threads_apply_django_rules_and_close_when_the_loop_ends(
         if install:
             forksafe.asgi.install_default_executor(max_workers=4)
         for _ in range(3):
-            await asyncio.gather(*(asyncio.to_thread(_query) for _ in range(4)))
+            await asyncio.gather(*(asyncio.to_thread(backend_id) for _ in range(4)))
         return await _sessions_now()
 
     assert asyncio.run(main(True)) == before  # closed after every task
@@ -280,19 +235,19 @@ def test_executor_threads_apply_django_rules_and_close_when_the_loop_ends(
     gc.collect()
 
 
+@pytest.mark.parametrize("conn_max_age", [None], indirect=True)
+@pytest.mark.usefixtures("conn_max_age", "no_gc")
 def test_lifespan_middleware_installs_at_startup_and_closes_at_shutdown(
-    vendor: str, db: None, no_gc: None
+    vendor: str, db: None
 ) -> None:
     if vendor == "sqlite":
         pytest.skip("counts server sessions")
-    settings_dict = connections.settings["default"]
-    old, settings_dict["CONN_MAX_AGE"] = settings_dict["CONN_MAX_AGE"], None
     before = quiet_sessions()
     seen: list[str] = []
 
     async def app(scope: object, receive: object, send: object) -> None:
         seen.append("http")
-        await asyncio.to_thread(_query)
+        await asyncio.to_thread(backend_id)
 
     async def main() -> tuple[list[str], int, int]:
         wrapped = forksafe.asgi.LifespanMiddleware(app)
@@ -311,10 +266,7 @@ def test_lifespan_middleware_installs_at_startup_and_closes_at_shutdown(
         await asyncio.wait_for(lifespan, timeout=10)
         return sent, during, await _sessions_now()
 
-    try:
-        sent, during, after = asyncio.run(main())
-    finally:
-        settings_dict["CONN_MAX_AGE"] = old
+    sent, during, after = asyncio.run(main())
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert seen == ["http"]
     assert before is not None and during == before + 1
@@ -350,3 +302,69 @@ def test_demo_asgi_rows_show_plain_request_threads_leaking_and_forksafe_ok(
 def test_lifespan_middleware_wraps_only_callables() -> None:
     with pytest.raises(TypeError, match="wraps an ASGI application"):
         forksafe.asgi.LifespanMiddleware("exampleproject.asgi:application")  # type: ignore[arg-type]
+
+
+# --- forksafe.W005 and forksafe doctor -----------------------------------------------------
+
+
+def _databases(max_age: int | None, pool: bool = False) -> dict[str, Any]:
+    from django.conf import settings
+
+    default = {**settings.DATABASES["default"], "CONN_MAX_AGE": max_age}
+    if pool:
+        default["OPTIONS"] = {**default.get("OPTIONS", {}), "pool": True}
+    return {"default": default}
+
+
+@pytest.mark.nodb
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+@pytest.mark.parametrize(
+    ("max_age", "pool", "reason", "fires"),
+    [
+        (60, False, "running under uvicorn", True),
+        (None, False, "running under uvicorn", True),
+        (0, False, "running under uvicorn", False),
+        (60, True, "running under uvicorn", False),
+        (60, False, None, False),
+    ],
+)
+def test_w005_fires_under_asgi_for_persistent_connections_without_a_pool(
+    max_age: int | None, pool: bool, reason: str | None, fires: bool
+) -> None:
+    from django.test import override_settings
+
+    from forksafe import checks
+
+    with override_settings(DATABASES=_databases(max_age, pool)):
+        messages = checks.asgi_messages(reason)
+    assert [m.id for m in messages] == (["forksafe.W005"] if fires else [])
+    if fires:
+        assert "'default' (CONN_MAX_AGE=" in messages[0].msg
+        assert "CONN_MAX_AGE = 0" in str(messages[0].hint)
+
+
+@pytest.mark.nodb
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_w005_is_a_system_check_when_asgi_application_is_set() -> None:
+    from django.test import override_settings
+
+    from forksafe import checks
+
+    with override_settings(DATABASES=_databases(60), ASGI_APPLICATION="mysite.asgi.application"):
+        ids = [m.id for m in checks.forksafe_checks()]
+    assert "forksafe.W005" in ids
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_doctor_names_persistent_connections_when_an_asgi_server_is_installed() -> None:
+    from django.test import override_settings
+
+    from forksafe import doctor
+
+    if not any(doctor._installed(name) for name in ("uvicorn", "daphne")):
+        pytest.skip("no ASGI server installed (pip install 'forksafe[asgi]')")
+    with override_settings(DATABASES=_databases(60)):
+        findings = doctor._asgi_findings()
+    assert len(findings) == 1 and findings[0].level == "info", findings
+    assert "'default' CONN_MAX_AGE=60" in findings[0].message
+    assert "CONN_MAX_AGE = 0" in findings[0].hint

@@ -10,22 +10,14 @@ distinct connections.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 import forksafe
-
-
-@pytest.fixture
-def threads_installed() -> Iterator[None]:
-    forksafe.install(threads=True)
-    try:
-        yield
-    finally:
-        forksafe.install(threads=False)  # the test-suite's setting
+from tests.test_threads import conn_max_age, threads_installed  # noqa: F401 - fixtures
 
 
 def _djangos_thread_local_test(thread_class: Callable[..., threading.Thread]) -> None:
@@ -61,9 +53,8 @@ def _djangos_thread_local_test(thread_class: Callable[..., threading.Thread]) ->
     assert all(w.connection is None for w in by_id.values() if w is not connection)
 
 
-def test_djangos_shared_connection_case_passes_with_install_threads(
-    db: None, threads_installed: None
-) -> None:
+@pytest.mark.usefixtures("threads_installed")
+def test_djangos_shared_connection_case_passes_with_install_threads(db: None) -> None:
     _djangos_thread_local_test(threading.Thread)
 
 
@@ -71,6 +62,8 @@ def test_djangos_shared_connection_case_passes_with_forksafe_thread(db: None) ->
     _djangos_thread_local_test(forksafe.Thread)
 
 
+@pytest.mark.parametrize("conn_max_age", [None], indirect=True)
+@pytest.mark.usefixtures("conn_max_age")
 def test_executor_worker_leaves_a_connection_it_shares_to_the_thread_it_shares_with(
     db: None,
 ) -> None:
@@ -80,8 +73,6 @@ def test_executor_worker_leaves_a_connection_it_shares_to_the_thread_it_shares_w
     request), shared or not.
     """
     shared: list[BaseDatabaseWrapper] = []
-    settings_dict = connections.settings[DEFAULT_DB_ALIAS]
-    old, settings_dict["CONN_MAX_AGE"] = settings_dict["CONN_MAX_AGE"], None
 
     def share() -> None:
         wrapper = connections[DEFAULT_DB_ALIAS]
@@ -89,11 +80,8 @@ def test_executor_worker_leaves_a_connection_it_shares_to_the_thread_it_shares_w
         wrapper.ensure_connection()
         shared.append(wrapper)
 
-    try:
-        with forksafe.ThreadPoolExecutor(1) as executor:
-            executor.submit(share).result()
-    finally:
-        settings_dict["CONN_MAX_AGE"] = old
+    with forksafe.ThreadPoolExecutor(1) as executor:
+        executor.submit(share).result()
     wrapper = shared[0]
     try:
         assert wrapper.connection is not None
@@ -104,9 +92,8 @@ def test_executor_worker_leaves_a_connection_it_shares_to_the_thread_it_shares_w
         wrapper.dec_thread_sharing()
 
 
-def test_control_unshared_connections_are_still_closed_when_the_thread_ends(
-    db: None, threads_installed: None
-) -> None:
+@pytest.mark.usefixtures("threads_installed")
+def test_control_unshared_connections_are_still_closed_when_the_thread_ends(db: None) -> None:
     found: list[BaseDatabaseWrapper] = []
 
     def runner() -> None:
