@@ -16,7 +16,8 @@ The public surface is small on purpose; everything else lives in private modules
 * ``__version__``.
 
 Integrations with a server or worker live in their own modules: ``forksafe.uwsgi``,
-``forksafe.gunicorn``; the Django app is ``"forksafe"`` in ``INSTALLED_APPS``.
+``forksafe.gunicorn``, ``forksafe.asgi`` (the event loop's executor, ASGI lifespan); the
+Django app is ``"forksafe"`` in ``INSTALLED_APPS``.
 """
 
 from __future__ import annotations
