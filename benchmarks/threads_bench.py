@@ -109,10 +109,12 @@ def bench_p1(url: str, rounds: int, tasks: int, workers: int, *, close_each: boo
     rates: dict[str, list[float]] = {m: [] for m in modes}
     left: dict[str, list[int]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
-    order = list(modes)
+    pair = ["plain", "forksafe"]
     for n in range(rounds):
-        # Interleaved, and in alternating order: drift of a shared machine hits both.
-        for mode in order if n % 2 == 0 else order[::-1]:
+        # Interleaved, the pair adjacent and in alternating order: drift of a shared
+        # machine hits both. close-each (2000 connects) goes first, not between them.
+        order = [m for m in modes if m not in pair] + (pair if n % 2 == 0 else pair[::-1])
+        for mode in order:
             make, task = modes[mode]
             rate, sessions, cpu_us = p1_round(url, make, task, tasks)
             rates[mode].append(rate)
