@@ -321,6 +321,21 @@ def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any
 RULES_IDLE_SECONDS = 1.0
 
 
+# Backend class -> whether it uses Django's own close_if_unusable_or_obsolete().
+_stock_rules: dict[type, bool] = {}
+
+
+def _stock_rule(cls: type) -> bool:
+    """Whether backend ``cls`` keeps Django's rule (a third-party backend may override it)."""
+    stock = _stock_rules.get(cls)
+    if stock is None:
+        from django.db.backends.base.base import BaseDatabaseWrapper
+
+        base_rule = BaseDatabaseWrapper.close_if_unusable_or_obsolete
+        stock = _stock_rules[cls] = getattr(cls, "close_if_unusable_or_obsolete", None) is base_rule
+    return stock
+
+
 def _apply_rules(guard: _Guard, now: float) -> None:
     """Django's request-boundary rules for the connections of the calling worker thread.
 
@@ -336,7 +351,8 @@ def _apply_rules(guard: _Guard, now: float) -> None:
     ``CONN_MAX_AGE`` is reached (the conditions of that method, Django
     4.2-6.x). Otherwise all it does is clear ``health_check_done``, done
     here directly: calling it costs about 3 µs per task, the check 0.3 µs
-    (issue 11, P1). Failures are logged, never raised into the task's future.
+    (issue 11, P1). A backend that overrides the method always gets it called.
+    Failures are logged, never raised into the task's future.
     """
     me = guard.thread_id
     for ref in guard.wrapper_refs():
@@ -353,7 +369,8 @@ def _apply_rules(guard: _Guard, now: float) -> None:
                 )
                 _closing.close_owned(wrapper, in_atomic="close", shared="close")
             elif (
-                wrapper.errors_occurred
+                not _stock_rule(type(wrapper))
+                or wrapper.errors_occurred
                 or wrapper.autocommit != wrapper.settings_dict["AUTOCOMMIT"]
                 or (wrapper.close_at is not None and now >= wrapper.close_at)
             ):
