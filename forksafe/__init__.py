@@ -16,8 +16,9 @@ The public surface is small on purpose; everything else lives in private modules
 * ``__version__``.
 
 Integrations with a server or worker live in their own modules: ``forksafe.uwsgi``,
-``forksafe.gunicorn``, ``forksafe.rq`` and ``forksafe.celery`` (task queues, imported
-explicitly: they need their library); the Django app is ``"forksafe"`` in ``INSTALLED_APPS``.
+``forksafe.gunicorn``, ``forksafe.asgi`` (the event loop's executor, ASGI lifespan),
+``forksafe.rq`` and ``forksafe.celery`` (task queues, imported explicitly: they need their
+library); the Django app is ``"forksafe"`` in ``INSTALLED_APPS``.
 """
 
 from __future__ import annotations

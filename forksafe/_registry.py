@@ -53,6 +53,7 @@ __all__ = [
     "UNKNOWN_PID",
     "Entry",
     "closed",
+    "changes",
     "entries",
     "entries_of_thread",
     "forget",
@@ -99,6 +100,9 @@ _entries: dict[int, Entry] = {}
 _by_thread: dict[tuple[int, int], dict[int, Entry]] = {}
 _prune_at = 256  # buckets before empty ones are dropped; doubles when few are empty
 _seq = itertools.count()  # next() is atomic under the GIL
+# Bumped whenever the per-thread index changes: a thread may cache its own lookup
+# until then (see changes()). A lost increment between two threads still changes it.
+_changes = 0
 _tracking = False
 _connect_hook: Callable[[BaseDatabaseWrapper], None] | None = None
 # Per alias, in this process only (a forked child starts from zero).
@@ -108,6 +112,8 @@ _bypassed: Counter[str] = Counter()
 
 
 def _index(key: int, entry: Entry) -> None:
+    global _changes
+    _changes += 1
     thread = (entry.pid, entry.thread_id)
     bucket = _by_thread.setdefault(thread, {})
     bucket[key] = entry
@@ -116,6 +122,8 @@ def _index(key: int, entry: Entry) -> None:
 
 
 def _unindex(key: int, entry: Entry) -> None:
+    global _changes
+    _changes += 1
     bucket = _by_thread.get((entry.pid, entry.thread_id))
     if bucket is not None and bucket.get(key) is entry:
         bucket.pop(key, None)
@@ -281,6 +289,15 @@ def start_tracking(*, existing_pid: int | None = None) -> None:
 def entries() -> list[Entry]:
     """A snapshot of every entry, whatever process opened it."""
     return list(_entries.values())
+
+
+def changes() -> int:
+    """A number that changes whenever :func:`entries_of_thread` may answer differently.
+
+    Lets a thread keep the answer for its own (pid, thread) until then: an
+    executor worker looks its connections up between every two tasks.
+    """
+    return _changes
 
 
 def entries_of_thread(pid: int, thread_id: int) -> list[Entry]:

@@ -1,7 +1,7 @@
 """Connection rules between two tasks of a task-queue worker (Celery, RQ's SimpleWorker).
 
 A worker that runs task after task in one process or thread applies the rule
-of ``forksafe.ThreadPoolExecutor`` (:func:`forksafe.threads._between_tasks`:
+of ``forksafe.ThreadPoolExecutor`` (:func:`forksafe.threads.apply_rules`:
 Django's request-boundary rules, so ``CONN_MAX_AGE=None`` or a number of
 seconds reuses the connection) plus two that Django cannot apply by itself
 (Django ticket 30646, wontfix; the reason Celery reverted per-task reuse in
@@ -132,7 +132,7 @@ def between_tasks(error: BaseException | None = None) -> None:
                 "an interrupted query" if interrupted else "a database error",
                 exc_info=True,
             )
-    threads._between_tasks()
+    threads.apply_rules()
 
 
 def start_tracking() -> None:

@@ -12,7 +12,9 @@ class ForkSafeConfig(AppConfig):
 
     ``ready()`` runs once per process, after the app registry is populated and
     before any request -- in the uWSGI master or gunicorn arbiter too when the
-    app is preloaded, which is where the hooks must be in place. Calling
+    app is preloaded, which is where the hooks must be in place. Under ASGI, the
+    first request of each event loop installs ``forksafe.asgi``'s executor and,
+    unless ``FORKSAFE["THREADS"]`` says otherwise, ``install(threads=True)``. Calling
     ``forksafe.install()`` earlier yourself (top of ``manage.py``/``wsgi.py``)
     is fine: it is idempotent, and ``ready()`` then only applies the options.
     """
@@ -27,6 +29,11 @@ class ForkSafeConfig(AppConfig):
 
         checks.register()
         if conf.get("INSTALL"):
+            from forksafe import asgi
+
+            # Under ASGI, at the first request of each event loop: the loop's executor,
+            # THREADS when unset, the ASGI check. Nothing happens under WSGI.
+            asgi.connect_signals()
             # Only the options the settings name: an explicit install() call
             # made earlier keeps the rest.
             install(

@@ -11,6 +11,8 @@ forksafe.W001  a database uses Django's native pool but forksafe's fork hooks ar
 forksafe.W002  running under uWSGI without ``master``: the postfork hook cannot run
 forksafe.W003  running under uWSGI without threads enabled while something needs
                background threads (``FORKSAFE["THREADS"]``, a native pool)
+forksafe.W005  under ASGI, a database with ``CONN_MAX_AGE`` other than 0 and no pool:
+               every request runs in a new thread, so no connection is reused
 forksafe.W006  behind transaction pooling (``FORKSAFE["POOLER"]``), server-side cursors are on
 forksafe.W007  behind transaction pooling, psycopg 3 prepares statements (server-side binding
                with ``prepare_threshold``)
@@ -21,12 +23,14 @@ forksafe.W009  ``PORT`` 6432 (PgBouncer's default) without a ``FORKSAFE["POOLER"
 
 Django runs system checks in management commands only, never inside a WSGI
 server, so the uWSGI checks (W002, W003) are also run by ``AppConfig.ready()``
-under uWSGI and logged there (see :func:`log_server_warnings`).
+under uWSGI and logged there (see :func:`log_server_warnings`); W005 is logged
+at the first ASGI request (``forksafe.asgi``).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.core import checks
@@ -35,7 +39,13 @@ from forksafe import conf
 from forksafe._pooler import pooler_messages
 from forksafe.uwsgi import ServerFacts, server_facts
 
-__all__ = ["log_server_warnings", "register"]
+__all__ = [
+    "asgi_messages",
+    "asgi_reason",
+    "log_server_warnings",
+    "persistent_without_pool",
+    "register",
+]
 
 logger = logging.getLogger("forksafe")
 
@@ -143,9 +153,72 @@ def _uwsgi_checks() -> list[checks.CheckMessage]:
     return uwsgi_messages(server_facts())
 
 
+# --- ASGI -----------------------------------------------------------------------------------
+
+#: ASGI servers whose presence in ``sys.modules`` means this process serves ASGI.
+ASGI_SERVERS = ("uvicorn", "daphne", "hypercorn", "granian")
+
+
+def asgi_reason() -> str | None:
+    """Why this process looks like an ASGI deployment, or None."""
+    from django.conf import settings
+
+    from forksafe import asgi
+
+    if asgi.serving():
+        return "an ASGI request was served"
+    running = [name for name in ASGI_SERVERS if name in sys.modules]
+    if running:
+        return f"running under {running[0]}"
+    if getattr(settings, "ASGI_APPLICATION", None):
+        return "settings.ASGI_APPLICATION is set"
+    return None
+
+
+def persistent_without_pool() -> dict[str, Any]:
+    """``{alias: CONN_MAX_AGE}`` of databases that keep connections without a pool."""
+    from django.conf import settings
+
+    pooled = set(_pool_aliases())
+    return {
+        alias: db.get("CONN_MAX_AGE", 0)
+        for alias, db in settings.DATABASES.items()
+        if db.get("CONN_MAX_AGE", 0) != 0 and alias not in pooled
+    }
+
+
+def asgi_messages(reason: str | None) -> list[checks.CheckMessage]:
+    """W005 when serving ASGI (``reason`` says why we think so; None: not ASGI)."""
+    persistent = persistent_without_pool()
+    if reason is None or not persistent:
+        return []
+    settings_text = ", ".join(f"{a!r} (CONN_MAX_AGE={v!r})" for a, v in persistent.items())
+    return [
+        checks.Warning(
+            f"Under ASGI ({reason}), database(s) {settings_text} keep connections without a"
+            " pool: Django runs every request in a new thread, so a connection is never"
+            " reused -- each request connects -- and the sessions of finished requests stay"
+            " open until the garbage collector runs (unless forksafe closes them: THREADS).",
+            hint="Set CONN_MAX_AGE = 0 and use a pool: OPTIONS={'pool': True} (PostgreSQL,"
+            " psycopg 3, Django 5.1+) or a bouncer (PgBouncer, ProxySQL).",
+            id="forksafe.W005",
+        )
+    ]
+
+
+def _asgi_checks() -> list[checks.CheckMessage]:
+    return asgi_messages(asgi_reason())
+
+
 def forksafe_checks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Every forksafe check; registered with Django's check framework."""
-    return [*_settings_errors(), *_pool_without_hooks(), *_uwsgi_checks(), *pooler_messages()]
+    return [
+        *_settings_errors(),
+        *_pool_without_hooks(),
+        *_uwsgi_checks(),
+        *_asgi_checks(),
+        *pooler_messages(),
+    ]
 
 
 def register() -> None:

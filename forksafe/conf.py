@@ -5,9 +5,12 @@ One dict in ``settings.py``; every key is optional::
     FORKSAFE = {
         "INSTALL": True,            # AppConfig.ready() calls forksafe.install()
         "CLOSE_BEFORE_FORK": True,  # install(close_before_fork=...); left out: the default
-        "THREADS": False,           # install(threads=...)
+        "THREADS": False,           # install(threads=...); unset: on under ASGI
         "POOLER": "transaction",    # or {"default": "transaction"}: how PgBouncer pools
     }
+
+``THREADS`` left unset is switched on at the first ASGI request
+(``forksafe.asgi``); :func:`get` still answers its default, ``False``, until then.
 
 ``POOLER`` is not a switch: it tells the system checks and ``forksafe doctor``
 how a connection pooler in front of PostgreSQL pools each alias (see

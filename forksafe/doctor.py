@@ -298,6 +298,30 @@ def _check_findings() -> list[Finding]:
     return findings
 
 
+def _asgi_findings() -> list[Finding]:
+    """What cannot work under ASGI, when an ASGI server is installed but not detected.
+
+    Detected ASGI (``forksafe.W005``) is already among the check findings.
+    """
+    from forksafe import checks
+
+    persistent = checks.persistent_without_pool()
+    installed = [name for name in checks.ASGI_SERVERS if _installed(name)]
+    if checks.asgi_reason() is not None or not installed or not persistent:
+        return []
+    settings_text = ", ".join(f"{a!r} CONN_MAX_AGE={v!r}" for a, v in persistent.items())
+    return [
+        Finding(
+            "info",
+            "asgi",
+            f"{', '.join(installed)} installed: if you serve ASGI, {settings_text} without a"
+            " pool cannot work -- every request runs in a new thread, so nothing is reused",
+            "under ASGI set CONN_MAX_AGE = 0 and use a pool (OPTIONS={'pool': True} on"
+            " PostgreSQL with psycopg 3) or a bouncer",
+        )
+    ]
+
+
 # --- databases --------------------------------------------------------------------------------
 
 
@@ -616,6 +640,7 @@ def run_doctor(
     findings = _environment_findings(hooks, servers)
     findings.append(_start_method_finding(current, default))
     findings += _check_findings()
+    findings += _asgi_findings()
     databases = []
     for (vendor, address), aliases in _servers_of_databases().items():
         server, server_findings = inspect_server(vendor, address, aliases, p, t, poolers)

@@ -46,6 +46,8 @@ import logging
 import os
 import sys
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from contextlib import ContextDecorator
@@ -102,9 +104,13 @@ def _close_all(
 ) -> list[BaseException]:
     """Close each of ``wrappers`` owned by the calling thread; return the errors.
 
-    The rule is :func:`forksafe._closing.close_owned`'s, with ``shared="close"``
-    (this thread is done with what it shares). ``in_atomic="close"`` when the
-    code that opened the block is gone, ``"warn"`` while it still runs.
+    The rule is :func:`forksafe._closing.close_owned`'s, with ``shared="skip"``:
+    a connection this thread shares (``inc_thread_sharing()``) was handed to
+    other threads on purpose -- Django's own ``test_default_connection_thread_local``
+    shares one so that the main thread can use and close it after this one
+    ended. It stays open for them: whoever it was shared with closes it, or
+    the cyclic GC does once the wrapper is unreachable. ``in_atomic="close"``
+    when the code that opened the block is gone, ``"warn"`` while it still runs.
     """
     errors: list[BaseException] = []
     seen: set[int] = set()
@@ -113,7 +119,7 @@ def _close_all(
             continue
         seen.add(id(wrapper))
         try:
-            _closing.close_owned(wrapper, in_atomic=in_atomic, shared="close")
+            _closing.close_owned(wrapper, in_atomic=in_atomic, shared="skip")
         except Exception as exc:
             errors.append(exc)
     return errors
@@ -147,11 +153,17 @@ class _Guard:
     ``__del__``, which Python reports as "Exception ignored in".
     """
 
-    __slots__ = ("pid", "stale", "thread_id")
+    __slots__ = ("_cached", "_cached_at", "generation", "pid", "rules_at", "stale", "thread_id")
 
     def __init__(self, connecting: BaseDatabaseWrapper | None = None) -> None:
         self.pid = os.getpid()
+        self.generation = _generation
         self.thread_id = threading.get_ident()
+        # When an executor worker last applied Django's rules (time.monotonic()).
+        self.rules_at = float("-inf")
+        # This thread's wrappers (weakly), valid while _registry.changes() is _cached_at.
+        self._cached: list[weakref.ref[BaseDatabaseWrapper]] = []
+        self._cached_at = -1
         current = {id(w) for w in _handler_wrappers()}
         if connecting is not None:
             current.add(id(connecting))
@@ -162,12 +174,20 @@ class _Guard:
         )
 
     def wrappers(self) -> list[BaseDatabaseWrapper]:
-        stale = self.stale
-        return [
-            wrapper
-            for entry in _registry.entries_of_thread(self.pid, self.thread_id)
-            if (wrapper := entry.wrapper) is not None and entry.seq not in stale
-        ]
+        return [wrapper for ref in self.wrapper_refs() if (wrapper := ref()) is not None]
+
+    def wrapper_refs(self) -> list[weakref.ref[BaseDatabaseWrapper]]:
+        """Weak references to :meth:`wrappers`, kept until the registry changes."""
+        changes = _registry.changes()
+        if changes != self._cached_at:
+            stale = self.stale
+            self._cached = [
+                entry.wrapper_ref
+                for entry in _registry.entries_of_thread(self.pid, self.thread_id)
+                if entry.seq not in stale
+            ]
+            self._cached_at = changes
+        return self._cached
 
     def __del__(self) -> None:
         try:
@@ -183,6 +203,18 @@ class _Guard:
 
 _local = threading.local()
 _all_threads = False  # install(threads=True)
+# Bumped in the child of every os.fork(): a guard of an older generation came from the
+# parent. Cheaper than os.getpid() (a system call) on the per-task path; C-level forks
+# (uWSGI) do not bump it, but no executor worker thread survives those.
+_generation = 0
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _current_guard(*, create: bool, connecting: BaseDatabaseWrapper | None = None) -> _Guard | None:
@@ -240,7 +272,8 @@ class Thread(threading.Thread):
     ``join()`` returns and before an exception reaches
     :func:`threading.excepthook`. The closing happens in the thread that
     owns the connections; connections that another thread shared with it
-    (``inc_thread_sharing``) are left to their owner. A connection left
+    (``inc_thread_sharing``) are left to their owner, and one the thread
+    shares with others is left open for them (they close it). A connection left
     inside ``atomic`` is closed (the server rolls back). A failure to close
     is logged on the ``forksafe`` logger, never raised.
 
@@ -284,8 +317,27 @@ def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any
         initializer(*initargs)
 
 
-def _between_tasks() -> None:
-    """Django's request-boundary rules, applied in a worker thread between two tasks.
+#: A worker idle for longer than this re-applies the rules before its next task.
+RULES_IDLE_SECONDS = 1.0
+
+
+# Backend class -> whether it uses Django's own close_if_unusable_or_obsolete().
+_stock_rules: dict[type, bool] = {}
+
+
+def _stock_rule(cls: type) -> bool:
+    """Whether backend ``cls`` keeps Django's rule (a third-party backend may override it)."""
+    stock = _stock_rules.get(cls)
+    if stock is None:
+        from django.db.backends.base.base import BaseDatabaseWrapper
+
+        base_rule = BaseDatabaseWrapper.close_if_unusable_or_obsolete
+        stock = _stock_rules[cls] = getattr(cls, "close_if_unusable_or_obsolete", None) is base_rule
+    return stock
+
+
+def _apply_rules(guard: _Guard, now: float) -> None:
+    """Django's request-boundary rules for the connections of the calling worker thread.
 
     For each connection this worker opened (the registry records every one
     with its owning thread, see :func:`_start_worker`): one still inside
@@ -294,15 +346,19 @@ def _between_tasks() -> None:
     Django's own ``close_if_unusable_or_obsolete()``, the per-connection rule
     of :func:`django.db.close_old_connections` (``CONN_MAX_AGE``,
     ``CONN_HEALTH_CHECKS``, autocommit left off, errors that made the
-    connection unusable). Going through the registry's per-thread index
-    rather than Django's ``connections`` costs about 3 µs instead of 15 µs.
+    connection unusable) -- called only when it could close something: when
+    autocommit was not restored, errors occurred since the last commit, or
+    ``CONN_MAX_AGE`` is reached (the conditions of that method, Django
+    4.2-6.x). Otherwise all it does is clear ``health_check_done``, done
+    here directly: calling it costs about 3 µs per task, the check 0.3 µs
+    (issue 11, P1). A backend that overrides the method always gets it called.
     Failures are logged, never raised into the task's future.
     """
-    guard = _current_guard(create=True)
-    assert guard is not None
-    me = threading.get_ident()
-    for wrapper in guard.wrappers():
-        if wrapper.connection is None or getattr(wrapper, "_thread_ident", None) != me:
+    me = guard.thread_id
+    for ref in guard.wrapper_refs():
+        # Any: django-stubs do not declare _thread_ident nor health_check_done.
+        wrapper: Any = ref()
+        if wrapper is None or wrapper.connection is None or wrapper._thread_ident != me:
             continue
         try:
             if wrapper.in_atomic_block:
@@ -312,23 +368,59 @@ def _between_tasks() -> None:
                     wrapper.alias,
                 )
                 _closing.close_owned(wrapper, in_atomic="close", shared="close")
-            else:
+            elif (
+                not _stock_rule(type(wrapper))
+                or wrapper.errors_occurred
+                or wrapper.autocommit != wrapper.settings_dict["AUTOCOMMIT"]
+                or (wrapper.close_at is not None and now >= wrapper.close_at)
+            ):
                 wrapper.close_if_unusable_or_obsolete()
+            else:
+                # What the rule does to a healthy connection: the next query after
+                # this boundary runs CONN_HEALTH_CHECKS again.
+                wrapper.health_check_done = False
         except Exception:
             logger.warning(
                 "forksafe: cleaning up connection %r between tasks failed",
                 wrapper.alias,
                 exc_info=True,
             )
+    guard.rules_at = now
+
+
+def apply_rules() -> None:
+    """Apply Django's request-boundary rules to the calling thread's connections now.
+
+    What a worker does between two tasks (:func:`_apply_rules`), for task
+    queues whose workers are not this module's threads (``forksafe.celery``,
+    ``forksafe.rq``).
+    """
+    guard = _current_guard(create=True)
+    assert guard is not None
+    _apply_rules(guard, time.monotonic())
 
 
 def _run_task(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-    """Run one task in a worker thread, with Django's rules before and after it."""
-    _between_tasks()
+    """Run one task in a worker thread; Django's rules after it, and before it after idling.
+
+    Back-to-back tasks are separated by one application of the rules (after
+    each task), not two: the next task starts on connections checked a moment
+    ago. A worker idle for :data:`RULES_IDLE_SECONDS` or more applies them
+    again before its next task, as Django does at a request's start
+    (``CONN_MAX_AGE`` may have passed meanwhile).
+    """
+    guard: _Guard | None = getattr(_local, "guard", None)
+    if guard is None or guard.generation != _generation:
+        guard = _current_guard(create=True)
+        assert guard is not None
+    now = time.monotonic()
+    if now - guard.rules_at >= RULES_IDLE_SECONDS:
+        _apply_rules(guard, now)
     try:
         return fn(*args, **kwargs)
     finally:
-        _between_tasks()
+        # The clock after the task: CONN_MAX_AGE=0 means close_at is the connect time.
+        _apply_rules(guard, time.monotonic())
 
 
 class ThreadPoolExecutor(futures.ThreadPoolExecutor):
@@ -338,8 +430,9 @@ class ThreadPoolExecutor(futures.ThreadPoolExecutor):
     :class:`~concurrent.futures.Future`, ``map``, ``shutdown(wait=...,
     cancel_futures=...)``, ``initializer``, ``thread_name_prefix``). On top:
 
-    * each worker thread keeps its connections across tasks, and before and
-      after every task applies Django's request-boundary rules in that
+    * each worker thread keeps its connections across tasks, and after every
+      task (and before one that follows an idle second or more) applies
+      Django's request-boundary rules in that
       worker: :func:`django.db.close_old_connections` (``CONN_MAX_AGE``:
       ``0``, Django's default, closes after every task as after every
       request; ``None`` keeps the connection; a number keeps it that many

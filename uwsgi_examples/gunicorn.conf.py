@@ -1,7 +1,8 @@
 """gunicorn configuration for the example project: ``python run.py gunicorn``.
 
 ``preload_app = True`` loads (and queries) in the arbiter, then forks the
-workers: forksafe's hooks give each worker a session of its own.
+workers: forksafe's hooks give each worker a session of its own. ``python run.py
+gunicorn-uvicorn`` serves ``exampleproject.asgi`` with uvicorn's worker class instead.
 """
 
 from __future__ import annotations

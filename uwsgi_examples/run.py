@@ -1,7 +1,11 @@
-"""Start the example project under uWSGI or gunicorn: one command per configuration.
+"""Start the example project under uWSGI, gunicorn or an ASGI server: one command each.
 
-    python run.py preforked|threads|lazy-apps|mules|gunicorn
+    python run.py preforked|threads|lazy-apps|mules|gunicorn|uvicorn|daphne|gunicorn-uvicorn
                   [--database URL] [--port 8000] [--processes 4] [--no-forksafe]
+
+``uvicorn`` and ``daphne`` serve ``exampleproject.asgi`` in one process;
+``gunicorn-uvicorn`` runs gunicorn's arbiter with ``preload_app`` and uvicorn's
+worker class (the application is loaded, and queries, before the fork).
 
 Runs ``manage.py migrate`` first, then the server in the foreground (Ctrl-C
 stops it). The database is ``--database``, else ``DATABASE_URL``, else an
@@ -31,10 +35,23 @@ from typing import IO
 HERE = Path(__file__).resolve().parent
 if not __package__:  # `python run.py`: make `uwsgi_examples.load` importable
     sys.path.insert(0, str(HERE.parent))
-CONFIGS = ("preforked", "threads", "lazy-apps", "mules", "no-master", "gunicorn")
+CONFIGS = (
+    "preforked",
+    "threads",
+    "lazy-apps",
+    "mules",
+    "no-master",
+    "gunicorn",
+    "uvicorn",
+    "daphne",
+    "gunicorn-uvicorn",
+)
+ASGI_CONFIGS = ("uvicorn", "daphne", "gunicorn-uvicorn")
+ASGI_APP = "exampleproject.asgi:application"
 DEFAULT_DATABASE = f"sqlite:///{HERE / 'example.sqlite3'}"
 
 __all__ = [
+    "ASGI_CONFIGS",
     "CONFIGS",
     "Server",
     "binary",
@@ -47,14 +64,22 @@ __all__ = [
 
 
 def binary(name: str) -> str | None:
-    """The ``uwsgi`` / ``gunicorn`` executable of this Python environment, else on PATH."""
+    """The ``uwsgi`` / ``gunicorn`` / ... executable of this Python environment, else on PATH."""
     return shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
 
 
+def _programs(config: str) -> tuple[str, ...]:
+    if config == "gunicorn-uvicorn":
+        return ("gunicorn", "uvicorn")
+    return (config,) if config in ("gunicorn", *ASGI_CONFIGS) else ("uwsgi",)
+
+
 def missing(name: str) -> str | None:
-    """Why the ``uwsgi`` / ``gunicorn`` server cannot run here, or None when it can."""
-    if binary(name) is None:
-        return f"{name} is not installed in {sys.prefix} (pip install 'forksafe[{name}]')"
+    """Why the server ``name`` (a program or one of :data:`CONFIGS`) cannot run, or None."""
+    for program in _programs(name) if name in CONFIGS else (name,):
+        if binary(program) is None:
+            extra = "asgi" if program in ("uvicorn", "daphne") else program
+            return f"{program} is not installed in {sys.prefix} (pip install 'forksafe[{extra}]')"
     return None
 
 
@@ -82,14 +107,47 @@ def environment(
     return env
 
 
-def command(config: str, *, processes: int = 4, extra: tuple[str, ...] = ()) -> list[str]:
-    """The command line that starts ``config`` (one of :data:`CONFIGS`)."""
+def command(
+    config: str, *, processes: int = 4, extra: tuple[str, ...] = (), port: int = 8000
+) -> list[str]:
+    """The command line that starts ``config`` (one of :data:`CONFIGS`) on ``port``.
+
+    ``uvicorn`` and ``daphne`` run one process (``processes`` is ignored); the
+    gunicorn configurations read the port from ``EXAMPLE_PORT``.
+    """
     if config not in CONFIGS:
         raise ValueError(f"unknown configuration {config!r}; choose one of {', '.join(CONFIGS)}")
-    name = "gunicorn" if config == "gunicorn" else "uwsgi"
+    reason = missing(config)
+    if reason is not None:
+        raise FileNotFoundError(reason)
+    name = _programs(config)[0]
     exe = binary(name)
-    if exe is None:
-        raise FileNotFoundError(f"{name} is not installed: pip install {name}")
+    assert exe is not None
+    if config == "uvicorn":
+        return [
+            exe,
+            ASGI_APP,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            *extra,
+        ]
+    if config == "daphne":
+        return [exe, "-b", "127.0.0.1", "-p", str(port), *extra, ASGI_APP]
+    if config == "gunicorn-uvicorn":
+        return [
+            exe,
+            "-c",
+            str(HERE / "gunicorn.conf.py"),
+            "--workers",
+            str(processes),
+            "--worker-class",
+            "uvicorn.workers.UvicornWorker",
+            *extra,
+            ASGI_APP,
+        ]
     if config == "gunicorn":
         return [exe, "-c", str(HERE / "gunicorn.conf.py"), "--workers", str(processes), *extra]
     return [
@@ -130,7 +188,8 @@ class Server:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.cmd = command(config, processes=processes, extra=extra)
+        self.config = config
+        self.cmd = command(config, processes=processes, extra=extra, port=self.port)
         self.env = environment(database_url, self.port, forksafe=forksafe, **(env or {}))
         # Readable after stop() too; an anonymous file, gone with this object.
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
@@ -195,18 +254,29 @@ class Server:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")[-20000:]
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the server: SIGINT, then SIGKILL for the whole process group."""
+    @property
+    def graceful_signal(self) -> int:
+        """The signal that stops this server gracefully (gunicorn: SIGTERM; SIGINT is quick)."""
+        return signal.SIGTERM if self.config.startswith("gunicorn") else signal.SIGINT
+
+    def stop(self, timeout: float = 20.0, signum: int | None = None) -> int | None:
+        """Stop the server: ``signum`` (default SIGINT), then SIGKILL for the process group.
+
+        Returns the exit status when it stopped within ``timeout`` after ``signum``,
+        else None (it was killed).
+        """
         if self.proc is None:
-            return
+            return None
+        status: int | None = None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT if signum is None else signum)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
+                status = self.proc.wait(timeout)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self.proc = None
+        return status
 
     def __enter__(self) -> Server:
         return self.start()
@@ -235,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         env.setdefault("EXAMPLE_SPOOL_REPORT", str(HERE / "spool-report.json"))
         env.setdefault("EXAMPLE_SPOOL_DIR", str(HERE / "spool"))
         os.makedirs(env["EXAMPLE_SPOOL_DIR"], exist_ok=True)
-    cmd = command(args.config, processes=args.processes)
+    cmd = command(args.config, processes=args.processes, port=args.port)
     print(" ".join(cmd), flush=True)
     os.chdir(HERE)
     os.execve(cmd[0], cmd, env)

@@ -27,7 +27,7 @@ from forksafe import _urls
 __all__ = ["GROUPS", "main", "run_demo"]
 
 #: What ``--only`` accepts.
-GROUPS = ("fork", "pools", "threads", "queues", "uwsgi")
+GROUPS = ("fork", "pools", "threads", "queues", "uwsgi", "asgi")
 #: The scenario modes (``_scenarios.MODES``) that each table compares.
 COMPARED_MODES = ("plain", "forksafe")
 UWSGI_WORKERS = 4
@@ -160,9 +160,9 @@ class _Progress:
 # --- uWSGI ---------------------------------------------------------------------------------
 
 
-def _uwsgi_examples() -> tuple[Any, Any, str | None]:
+def _uwsgi_examples(program: str = "uwsgi") -> tuple[Any, Any, str | None]:
     """(``uwsgi_examples.run``, ``uwsgi_examples.load``, why not); the modules are None
-    when the example project or the ``uwsgi`` binary is not there."""
+    when the example project or the ``program`` server is not there."""
     from pathlib import Path
 
     checkout = Path(__file__).resolve().parents[2]
@@ -175,10 +175,56 @@ def _uwsgi_examples() -> tuple[Any, Any, str | None]:
         sys.path.insert(0, str(checkout))
         import uwsgi_examples.load as load
         import uwsgi_examples.run as run
-    reason: str | None = run.missing("uwsgi")
+    reason: str | None = run.missing(program)
     if reason is not None:
         return None, None, reason
     return run, load, None
+
+
+# --- ASGI ----------------------------------------------------------------------------------
+
+ASGI_REQUESTS = 300
+ASGI_CONCURRENCY = 8
+#: Sessions each view may keep open on purpose: the loop's executor, the native pool.
+_ASGI_KEPT = {"sync_to_async(thread_sensitive=False)": "executor"}
+
+_ASGI_EXPLANATION = """\
+uvicorn, the example project's asgi.py, CONN_MAX_AGE=60 (and with psycopg 3: Django's native
+pool, CONN_MAX_AGE=0); {requests} requests, {concurrency} at a time, per view. 'sessions':
+distinct server sessions that answered; 'left': still open after the burst (beyond the
+loader's); 'abandoned': sessions the server saw end without a goodbye, from start to a
+graceful shutdown. The executor's and the pool's sessions are kept on purpose.
+"""
+
+
+def _asgi_rows(run: Any, database: str) -> list[list[str]]:
+    """Run ``uwsgi_examples/asgi_burst.py`` (plain vs forksafe under uvicorn); table rows."""
+    import json
+    import subprocess
+
+    script = run.HERE / "asgi_burst.py"
+    cmd = [sys.executable, str(script), "--database", database, "--json"]
+    cmd += ["--requests", str(ASGI_REQUESTS), "--concurrency", str(ASGI_CONCURRENCY)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"asgi_burst.py failed:\n{proc.stderr.strip()[-2000:]}")
+    rows = []
+    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+        kept = r["setting"] == "native pool" or r["view"] in _ASGI_KEPT
+        ok = r["errors"] == 0 and (kept or r["left"] <= 0) and not r["abandoned"]
+        rows.append(
+            [
+                r["setting"],
+                r["view"],
+                r["mode"],
+                str(r["errors"]),
+                str(r["sessions"]),
+                str(r["left"]) + (" (kept)" if kept and r["left"] > 0 else ""),
+                "-" if r["abandoned"] is None else str(r["abandoned"]),
+                "ok" if ok else "BROKEN",
+            ]
+        )
+    return rows
 
 
 def _uwsgi_row(run: Any, load: Any, database: str, mode: str, sqlite: bool) -> list[str]:
@@ -302,12 +348,26 @@ def _run(
     uwsgi_note = None
     if "uwsgi" in only:
         run, load, uwsgi_note = _uwsgi_examples()
+    asgi_run = None
+    asgi_note = None
+    if "asgi" in only:
+        if sqlite:
+            asgi_note = (
+                "the ASGI rows count server sessions: give --database postgresql://..."
+                " or mysql://..."
+            )
+        else:
+            asgi_run, _, asgi_note = _uwsgi_examples("uvicorn")
+            if asgi_note is not None and "not installed" in asgi_note:
+                asgi_note = "install uvicorn (pip install 'forksafe[asgi]')"
     steps = len(rows) * len(COMPARED_MODES) + (len(COMPARED_MODES) if run is not None else 0)
+    steps += 1 if asgi_run is not None else 0
     bar = _Progress(steps, progress)
     table = [["scenario", "mode", "parent kept session", "child own session", "left", "verdict"]]
     uwsgi_table = [
         ["mode", "req/s", "errors", "worker pids", "sessions", "on master's session", "verdict"]
     ]
+    asgi_table = [["setting", "view", "mode", "errors", "sessions", "left", "abandoned", "verdict"]]
     try:
         for row in rows:
             for mode in COMPARED_MODES:
@@ -326,6 +386,17 @@ def _run(
                 cells = _uwsgi_row(run, load, database, mode, sqlite)
                 uwsgi_table.append(cells)
                 bar.end(label, cells[-1])
+        if asgi_run is not None:
+            label = "ASGI: uvicorn, plain and forksafe, a burst per view"
+            bar.begin(label)
+            asgi_table += _asgi_rows(asgi_run, database)
+            verdicts = {
+                mode: "BROKEN"
+                if any(r[2] == mode and r[-1] == "BROKEN" for r in asgi_table)
+                else "ok"
+                for mode in COMPARED_MODES
+            }
+            bar.end(label, ", ".join(f"{mode} {v}" for mode, v in verdicts.items()))
     except RuntimeError as exc:
         bar.close()
         first = str(exc).strip().splitlines()
@@ -352,6 +423,15 @@ def _run(
             out.write(f"skipped: {uwsgi_note}\n")
         else:
             _table(uwsgi_table, out)
+    if "asgi" in only:
+        out.write(
+            "\n" + _ASGI_EXPLANATION.format(requests=ASGI_REQUESTS, concurrency=ASGI_CONCURRENCY)
+        )
+        out.write("\n")
+        if asgi_note is not None:
+            out.write(f"skipped: {asgi_note}\n")
+        else:
+            _table(asgi_table, out)
     return 0
 
 
@@ -384,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="GROUPS",
         type=_groups,
         default=GROUPS,
-        help=f"comma-separated subset of {','.join(GROUPS)} (default: all; uwsgi needs the"
+        help=f"comma-separated subset of {','.join(GROUPS)} (default: all; asgi needs uvicorn,"
+        " a server database and a checkout of forksafe; uwsgi needs the"
         " uwsgi binary and a checkout of forksafe)",
     )
     parser.add_argument(

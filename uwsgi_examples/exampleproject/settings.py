@@ -2,7 +2,13 @@
 
 ``DATABASE_URL`` picks the database (default: an SQLite file beside this
 project); ``postgresql+psycopg2://`` and ``mysql+pymysql://`` choose a driver,
-as in ``forksafe demo``.
+as in ``forksafe demo``. ``EXAMPLE_CONN_MAX_AGE`` (default 600) is ``CONN_MAX_AGE``;
+``EXAMPLE_POOL=1`` uses Django's native pool instead (psycopg 3 only; ``CONN_MAX_AGE``
+0, as Django requires).
+
+Under ASGI (``asgi.py`` sets ``EXAMPLE_ASGI=1``) with ``EXAMPLE_FORKSAFE=1``, the
+``forksafe`` app is installed, as the README recommends; ``EXAMPLE_FORKSAFE_THREADS``
+(``0``/``1``) sets ``FORKSAFE["THREADS"]`` (unset: forksafe's default).
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ select_driver(split_url(DATABASE_URL)[1])
 DATABASES = {"default": database_settings(DATABASE_URL)}
 # Persistent connections, as most deployments have them: each worker keeps its session.
 DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("EXAMPLE_CONN_MAX_AGE", "600"))
+if os.environ.get("EXAMPLE_POOL") == "1":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 8}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 
@@ -26,6 +35,10 @@ SECRET_KEY = "forksafe-example-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
+if os.environ.get("EXAMPLE_ASGI") == "1" and os.environ.get("EXAMPLE_FORKSAFE", "1") == "1":
+    INSTALLED_APPS.append("forksafe")
+    if os.environ.get("EXAMPLE_FORKSAFE_THREADS") in ("0", "1"):
+        FORKSAFE = {"THREADS": os.environ["EXAMPLE_FORKSAFE_THREADS"] == "1"}
 MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "exampleproject.urls"
 USE_TZ = True

@@ -1,9 +1,20 @@
-"""The example's only view: ORM queries, and which process and server session ran them."""
+"""The example's views: ORM queries, and which process, thread and server session ran them.
+
+``/`` is a sync view (WSGI, or ASGI's per-request thread); under ASGI ``/async`` runs the
+same queries from an async view through ``sync_to_async`` (thread-sensitive: the request's
+own thread), ``/async-unsafe`` through ``sync_to_async(thread_sensitive=False)`` (the event
+loop's default executor, shared by every request) and ``/to-thread`` through
+``asyncio.to_thread`` (the same executor).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
@@ -14,8 +25,8 @@ from exampleproject.startup import STATE
 from forksafe._sessions import backend_id
 
 
-def whoami(request: HttpRequest) -> JsonResponse:
-    """Run a few ORM queries; answer with the pid, the session's backend id and the loader's."""
+def _queries() -> dict[str, Any]:
+    """Run a few ORM queries; the pid, thread, the session's backend id and the loader's."""
     try:
         import uwsgi
 
@@ -25,21 +36,40 @@ def whoami(request: HttpRequest) -> JsonResponse:
     backend = backend_id()
     count = ContentType.objects.filter(app_label__in=["auth", "contenttypes"]).count()
     groups = list(Group.objects.values_list("name", flat=True)[:5])
-    return JsonResponse(
-        {
-            "pid": os.getpid(),
-            "worker": worker,
-            "vendor": connection.vendor,
-            "backend": backend,
-            "backend_after": backend_id(),
-            "count": count,
-            "groups": groups,
-            "loader_pid": STATE.get("loader_pid"),
-            "loader_backend": STATE.get("loader_backend"),
-            "postfork_pid": STATE.get("postfork_pid"),
-            "postfork_backend": STATE.get("postfork_backend"),
-        }
-    )
+    return {
+        "pid": os.getpid(),
+        "thread": threading.get_ident(),
+        "worker": worker,
+        "vendor": connection.vendor,
+        "backend": backend,
+        "backend_after": backend_id(),
+        "count": count,
+        "groups": groups,
+        "loader_pid": STATE.get("loader_pid"),
+        "loader_backend": STATE.get("loader_backend"),
+        "postfork_pid": STATE.get("postfork_pid"),
+        "postfork_backend": STATE.get("postfork_backend"),
+    }
+
+
+def whoami(request: HttpRequest) -> JsonResponse:
+    """A sync view: the queries run in the thread that serves the request."""
+    return JsonResponse(_queries())
+
+
+async def whoami_async(request: HttpRequest) -> JsonResponse:
+    """An async view: the queries run in the request's thread (``sync_to_async``)."""
+    return JsonResponse(await sync_to_async(_queries)())
+
+
+async def whoami_async_unsafe(request: HttpRequest) -> JsonResponse:
+    """The queries run in the loop's default executor (``thread_sensitive=False``)."""
+    return JsonResponse(await sync_to_async(_queries, thread_sensitive=False)())
+
+
+async def whoami_to_thread(request: HttpRequest) -> JsonResponse:
+    """The queries run in the loop's default executor (``asyncio.to_thread``)."""
+    return JsonResponse(await asyncio.to_thread(_queries))
 
 
 def enqueue(request: HttpRequest) -> JsonResponse:

@@ -1,0 +1,251 @@
+"""Async Django (ASGI): the event loop's executor threads, and a goodbye at server shutdown.
+
+Under ASGI, Django runs code that touches the database in two kinds of threads:
+
+* a new thread per request -- Django's ASGI handler gives each request its own
+  thread-sensitive executor (sync views, middleware, ``sync_to_async()``);
+  that thread ends with the request. ``FORKSAFE["THREADS"]`` /
+  ``forksafe.install(threads=True)`` closes its connections when it ends;
+* the event loop's *default executor* -- ``sync_to_async(thread_sensitive=False)``
+  and ``asyncio.to_thread()``: a :class:`concurrent.futures.ThreadPoolExecutor`
+  whose threads live as long as the loop. Django's request rules
+  (``close_old_connections``, ``CONN_MAX_AGE``, ``CONN_HEALTH_CHECKS``) run in
+  the request's thread, never in these: their connections go stale and stay
+  open until the process ends.
+
+:func:`install_default_executor` makes the running loop's default executor a
+:class:`forksafe.ThreadPoolExecutor`: its workers apply Django's rules around
+every task and close their connections when they exit -- when the loop shuts
+the executor down (``asyncio.run()``, which uvicorn uses, does) or when
+:func:`shutdown` runs. The ``forksafe`` Django app calls it at the first ASGI
+request of each event loop (a receiver of ``request_started`` sent by
+:class:`django.core.handlers.asgi.ASGIHandler`), so nothing is needed in
+``asgi.py`` for that.
+
+:class:`LifespanMiddleware` answers the ASGI ``lifespan`` protocol (Django's
+handler does not): startup installs the executor, shutdown runs
+:func:`shutdown` -- the executor's workers close their connections and native
+pools are closed, *before* the server's process ends. Servers that end their
+workers with a signal right after the lifespan shutdown (gunicorn's uvicorn
+workers: uvicorn re-raises ``SIGTERM`` with gunicorn's default handler) give no
+other chance to say goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent import futures
+from typing import Any
+
+from forksafe.threads import ThreadPoolExecutor
+
+__all__ = [
+    "LifespanMiddleware",
+    "connect_signals",
+    "install_default_executor",
+    "serving",
+    "shutdown",
+]
+
+logger = logging.getLogger("forksafe")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The executor installed on each loop (a loop is never ours to keep alive).
+_executors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ThreadPoolExecutor] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _running_loop(caller: str) -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"forksafe.asgi.{caller}() needs the running event loop: call it from async code"
+            " in the server's loop (an ASGI lifespan startup, an async view), or use"
+            " forksafe.asgi.LifespanMiddleware"
+        ) from None
+
+
+def install_default_executor(max_workers: int | None = None) -> ThreadPoolExecutor:
+    """Make the running event loop's default executor a :class:`forksafe.ThreadPoolExecutor`.
+
+    Call it from async code running in the server's event loop; it returns the
+    executor. Calling it again on the same loop returns the executor already
+    installed (``max_workers`` is then ignored). ``max_workers`` defaults to
+    that of the executor it replaces, else to the standard default. The
+    replaced executor is shut down without waiting: its threads finish the
+    tasks they have and exit. Raises ``RuntimeError`` outside a running loop.
+    """
+    if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+        raise ValueError(f"max_workers must be a whole number >= 1 or None, not {max_workers!r}")
+    loop = _running_loop("install_default_executor")
+    installed = _executors.get(loop)
+    if installed is not None:
+        return installed
+    # asyncio keeps the executor it made (or was given) in this private attribute
+    # (CPython's BaseEventLoop); other loops simply get the standard default size.
+    old = getattr(loop, "_default_executor", None)
+    if max_workers is None and isinstance(old, futures.ThreadPoolExecutor):
+        max_workers = getattr(old, "_max_workers", None)
+    executor = ThreadPoolExecutor(max_workers, thread_name_prefix="forksafe-asyncio")
+    loop.set_default_executor(executor)
+    _executors[loop] = executor
+    if isinstance(old, futures.Executor) and old is not executor:
+        old.shutdown(wait=False)
+    return executor
+
+
+def _close_native_pools() -> None:
+    """Close this process's native connection pools (their idle sessions say goodbye)."""
+    from django.db import connections
+
+    for alias in connections:
+        wrapper = connections[alias]
+        pools = getattr(type(wrapper), "_connection_pools", None)
+        if pools and alias in pools:
+            wrapper.close_pool()  # type: ignore[attr-defined]
+
+
+def _goodbye(executor: ThreadPoolExecutor | None, pools: bool) -> None:
+    """In a thread of its own: wait for the executor's workers to close, then the pools."""
+    if executor is not None:
+        executor.shutdown(wait=True)
+    if pools:
+        _close_native_pools()
+
+
+async def shutdown(*, pools: bool = True) -> None:
+    """Close the connections of the running loop's forksafe executor; close native pools.
+
+    Shuts down the executor :func:`install_default_executor` installed on this
+    loop, waiting (without blocking the loop) until each worker has closed its
+    connections in its own thread; then, with ``pools``, closes Django's native
+    connection pools of this process. For the end of a server's life (an ASGI
+    lifespan shutdown): the loop's default executor accepts no more work after.
+    """
+    loop = _running_loop("shutdown")
+    executor = _executors.get(loop)
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            _goodbye(executor, pools)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, done, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, None)
+
+    # Not the loop's default executor: that is what is being shut down.
+    threading.Thread(target=run, name="forksafe-asgi-shutdown", daemon=True).start()
+    await done
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():  # the awaiting task was cancelled
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
+
+
+class LifespanMiddleware:
+    """Wrap an ASGI application: answer ``lifespan`` events with forksafe's start-up and shutdown.
+
+    ``application = LifespanMiddleware(get_asgi_application())``. Startup runs
+    :func:`install_default_executor`, shutdown :func:`shutdown`; every other
+    scope goes to the wrapped application. The wrapped application never sees
+    ``lifespan`` (Django's handler rejects it).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        if not callable(app):
+            raise TypeError(
+                f"LifespanMiddleware wraps an ASGI application (a callable), not {app!r}"
+            )
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    install_default_executor()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await shutdown()
+                except Exception as exc:
+                    logger.warning(
+                        "forksafe: closing connections at shutdown failed", exc_info=True
+                    )
+                    await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+_served = False  # this process has served an ASGI request
+
+
+def serving() -> bool:
+    """Whether this process has served a request through Django's ASGI handler."""
+    return _served
+
+
+def _first_request() -> None:
+    """Once per process, at the first ASGI request: the ``THREADS`` default, then W005.
+
+    ``FORKSAFE["THREADS"]`` left unset means "on under ASGI": every request runs
+    in a thread of its own there, whose connections would otherwise stay open
+    until the garbage collector runs. Django runs no system checks inside a
+    server, so the ASGI check is logged here.
+    """
+    global _served
+    if _served:
+        return
+    _served = True
+    from forksafe import checks, conf
+    from forksafe._install import install
+
+    if conf.get("INSTALL") and conf.explicit("THREADS") is None:
+        install(threads=True)
+    for message in checks.asgi_messages("an ASGI request was served"):
+        logger.warning("%s: %s HINT: %s", message.id, message.msg, message.hint)
+
+
+async def _on_request_started(sender: object, **kwargs: object) -> None:
+    """``request_started`` receiver for Django's ASGI handler, in the server's loop.
+
+    Per request, once set up: a flag and a dictionary lookup.
+    """
+    if not _served:
+        _first_request()
+    if asyncio.get_running_loop() not in _executors:
+        install_default_executor()
+
+
+def connect_signals() -> None:
+    """Set forksafe up at the first ASGI request of each loop (``AppConfig.ready()``)."""
+    from django.core.handlers.asgi import ASGIHandler
+    from django.core.signals import request_started
+
+    # sender=ASGIHandler: WSGI's synchronous request_started never calls this
+    # coroutine (Django would start an event loop per request for it).
+    request_started.connect(_on_request_started, sender=ASGIHandler, dispatch_uid="forksafe.asgi")
