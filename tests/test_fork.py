@@ -18,7 +18,7 @@ from django.db import ProgrammingError, connection, connections, transaction
 
 import forksafe
 from forksafe import _fork, _registry, _scenarios
-from tests._forking import ChildFailed, run_in_child
+from tests._forking import ChildFailed, fork_child, run_in_child, wait_child
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -105,7 +105,7 @@ def test_child_forked_inside_atomic_can_leave_the_block_and_query(keep_open: Non
             finally:
                 os.write(write_fd, f"child: {report};".encode())
                 os._exit(0)
-        os.waitpid(pid, 0)
+        assert wait_child(pid) == 0
     finally:
         outer.__exit__(None, None, None)
     os.close(write_fd)
@@ -179,17 +179,11 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
     try:
         for i in range(200):
             query = i % 10 == 0  # a querying child every 10th fork keeps the run short
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - child
-                code = 0
-                try:
-                    if query and _scenarios.backend_id() == parent_backend:
-                        code = 3
-                except BaseException:
-                    code = 2
-                os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            if os.waitstatus_to_exitcode(status) != 0:
+
+            def child(query: bool = query) -> int:
+                return 3 if query and _scenarios.backend_id() == parent_backend else 0
+
+            if fork_child(child, timeout=30) != 0:
                 child_errors += 1
     finally:
         stop.set()
@@ -308,11 +302,8 @@ def test_failing_detach_parks_the_connection_and_child_goes_on(keep_open: None) 
     wrapper.connection = Opaque()
     _registry.register(wrapper)
 
-    pid = os.fork()  # the hook runs in the child before anything else
-    if pid == 0:  # pragma: no cover - child
-        os._exit(0 if wrapper.connection is None else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    # The hook runs in the child before anything else.
+    assert fork_child(lambda: 0 if wrapper.connection is None else 1) == 0
 
     def child() -> tuple[bool, list[str]]:
         # Run the reset again, by hand, with a log handler attached.
@@ -345,6 +336,20 @@ def test_child_failure_is_reported_to_the_parent() -> None:
         run_in_child(child)
 
 
+def _hang() -> int:
+    time.sleep(60)
+    return 0
+
+
+def test_child_that_hangs_is_killed_at_its_deadline_and_fails_the_test() -> None:
+    start = time.monotonic()
+    with pytest.raises(ChildFailed, match=r"did not report within 1\.0 s: killed"):
+        run_in_child(_hang, timeout=1.0)
+    with pytest.raises(ChildFailed, match=r"still running after 1\.0 s: killed"):
+        fork_child(_hang, timeout=1.0)
+    assert time.monotonic() - start < 10
+
+
 def test_child_never_enters_a_shared_connection_busy_in_another_thread(
     keep_open: None, vendor: str
 ) -> None:
@@ -368,21 +373,8 @@ def test_child_never_enters_a_shared_connection_busy_in_another_thread(
     started.wait(10)
     time.sleep(0.3)  # the query is in flight: the driver holds its lock
     try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child: the hook ran (or hangs) before this
-            os._exit(0)
-        deadline = time.monotonic() + 10
-        status = None
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the child hung in the after-fork reset")
-        assert status is not None and os.waitstatus_to_exitcode(status) == 0
+        # The hook ran (or hangs: killed after 10 s, the test fails) before the body.
+        assert fork_child(lambda: 0, timeout=10) == 0
     finally:
         thread.join(10)
         wrapper.dec_thread_sharing()
