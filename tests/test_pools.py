@@ -9,13 +9,10 @@ spawn child can only do because forksafe set Django up before unpickling anythin
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -27,6 +24,7 @@ from django.db import connection, transaction
 import forksafe
 from forksafe import _scenarios
 from forksafe._scenarios import backend_id, quiet_sessions, settle_sessions
+from tests._scripts import run_python
 from tests.testapp.models import Item
 
 METHODS = ("fork", "spawn", "forkserver")
@@ -112,20 +110,9 @@ def _assert_own_sessions(seen: list[tuple[int, int]], parent: int, vendor: str) 
     assert parent not in backends, by_pid
 
 
-def _run_script(code: str, **env: str) -> dict[str, Any]:
+def _run_script(code: str, **env: str) -> Any:
     """Run ``code`` in a fresh interpreter (no forksafe.install()); its last line is JSON."""
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env},
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return run_python("-c", code, **env)
 
 
 # --- the guarantees ------------------------------------------------------------------------
