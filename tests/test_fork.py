@@ -12,6 +12,8 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import ProgrammingError, connection, connections, transaction
@@ -19,6 +21,7 @@ from django.db import ProgrammingError, connection, connections, transaction
 import forksafe
 from forksafe import _fork, _registry, _scenarios
 from tests._forking import ChildFailed, fork_child, run_in_child, wait_child
+from tests._scripts import run_python
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -379,3 +382,51 @@ def test_child_never_enters_a_shared_connection_busy_in_another_thread(
         thread.join(10)
         wrapper.dec_thread_sharing()
         wrapper.close()
+
+
+# --- forking inside a transaction, plain Django vs forksafe (fresh interpreters) -----------
+
+
+def _transaction_fork(scenario: str, mode: str, url: str) -> dict[str, Any]:
+    result: dict[str, Any] = run_python("-m", "tests._transaction_fork", scenario, mode, url)
+    return result
+
+
+@pytest.mark.parametrize("mode", ["forksafe", "plain"])
+def test_fork_with_autocommit_off_keeps_the_parents_uncommitted_row_out_of_the_child(
+    db_url: str, vendor: str, mode: str
+) -> None:
+    """forksafe: a warning; the child neither sees nor commits the parent's row; the parent's
+    commit stores it once. Control (plain): the child shares the transaction and commits it."""
+    if vendor == "sqlite":
+        pytest.skip("SQLite: the child would wait for the parent's write lock")
+    res = _transaction_fork("autocommit_off", mode, db_url)
+    assert "error" not in res["child"], res
+    assert res["commit_error"] is None, res
+    if mode == "plain":
+        assert res["child"]["seen"] == ["parent"], res
+        assert res["visible_before_commit"] == ["child", "parent"], res
+        return
+    assert any("inside a transaction" in w for w in res["warnings"]), res
+    assert res["child"]["seen"] == [], res
+    assert res["visible_before_commit"] == ["child"], res  # the child committed its own only
+    assert res["rows"] == ["child", "parent"], res  # the parent's row exactly once
+
+
+@pytest.mark.parametrize("mode", ["forksafe", "plain"])
+def test_sqlite_parent_in_a_write_transaction_survives_a_child_that_exits_normally(
+    driver: str, tmp_path: Path, mode: str
+) -> None:
+    """forksafe parks the inherited handle, so the child's exit (which unwinds the atomic
+    block and finalizes the interpreter) cannot roll back or delete the parent's journal.
+    Control (plain): the parent's commit fails with "disk I/O error"."""
+    if driver != "sqlite3":
+        pytest.skip("runs once, in the sqlite3 run (a private SQLite file, no server)")
+    res = _transaction_fork("sqlite_write", mode, f"sqlite:///{tmp_path / 'write.sqlite3'}")
+    assert res["child_exit"] == 0, res
+    if mode == "plain":
+        assert res["commit_error"] is not None, res
+        return
+    assert res["commit_error"] is None, res
+    assert res["rows"] == ["after fork", "before fork"], res
+    assert res["integrity"] == "ok", res
