@@ -8,8 +8,9 @@ forksafe.E002  a ``FORKSAFE`` value of the wrong type
 forksafe.W001  a database uses Django's native pool but forksafe's fork hooks are not
                installed: forked workers would share the parent's pooled sessions
 forksafe.W002  running under uWSGI without ``master``: the postfork hook cannot run
-forksafe.W003  running under uWSGI without threads enabled while something needs
-               background threads (``FORKSAFE["THREADS"]``, a native pool)
+forksafe.W003  running under uWSGI before 2.0.27 without threads enabled while
+               something needs background threads (``FORKSAFE["THREADS"]``, a
+               native pool); uWSGI 2.0.27+ always enables them
 =============  ==================================================================
 
 Django runs system checks in management commands only, never inside a WSGI
@@ -105,6 +106,21 @@ def _uwsgi_options() -> dict[str, Any] | None:
     return dict(opt) if opt is not None else {}
 
 
+def _uwsgi_version() -> tuple[int, ...] | None:
+    """uWSGI's ``version_info`` (major, minor, revision, ...) inside uWSGI, else None."""
+    try:
+        import uwsgi
+    except ImportError:
+        return None
+    info = getattr(uwsgi, "version_info", None)
+    return tuple(int(part) for part in info[:3]) if info else None
+
+
+# uWSGI enables Python threads unconditionally since 2.0.27 (commit 1caea16, "set enable
+# threads by default": https://github.com/unbit/uwsgi/commit/1caea16df8d681b66071192b05ada588c3368e28).
+_THREADS_ALWAYS_ON = (2, 0, 27)
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
@@ -113,8 +129,13 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def uwsgi_messages(opt: dict[str, Any] | None) -> list[checks.CheckMessage]:
-    """W002/W003 for uWSGI options ``opt`` (``uwsgi.opt``); ``[]`` outside uWSGI."""
+def uwsgi_messages(
+    opt: dict[str, Any] | None, version: tuple[int, ...] | None = None
+) -> list[checks.CheckMessage]:
+    """W002/W003 for uWSGI options ``opt`` (``uwsgi.opt``) of uWSGI ``version``.
+
+    ``[]`` outside uWSGI (``opt`` None); an unknown ``version`` is taken for an old one.
+    """
     if opt is None:
         return []
     messages: list[checks.CheckMessage] = []
@@ -130,7 +151,9 @@ def uwsgi_messages(opt: dict[str, Any] | None) -> list[checks.CheckMessage]:
             )
         )
     threads_on = (
-        _truthy(opt.get("enable-threads", False)) or int(_first(opt.get("threads", 0)) or 0) > 1
+        (version is not None and version >= _THREADS_ALWAYS_ON)
+        or _truthy(opt.get("enable-threads", False))
+        or int(_first(opt.get("threads", 0)) or 0) > 1
     )
     needs = []
     if conf.get("THREADS"):
@@ -158,7 +181,7 @@ def _first(value: Any) -> Any:
 
 
 def _uwsgi_checks() -> list[checks.CheckMessage]:
-    return uwsgi_messages(_uwsgi_options())
+    return uwsgi_messages(_uwsgi_options(), _uwsgi_version())
 
 
 def forksafe_checks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -101,9 +101,23 @@ def test_native_pool_with_fork_hooks_is_quiet() -> None:
         ({"master": b"false"}, {"THREADS": True}, ["forksafe.W002", "forksafe.W003"]),
     ],
 )
-def test_uwsgi_checks(opt: dict[str, Any], setting: dict[str, Any], expected: list[str]) -> None:
+@pytest.mark.parametrize("version", [None, (2, 0, 26)])
+def test_uwsgi_checks_before_2_0_27(
+    opt: dict[str, Any],
+    setting: dict[str, Any],
+    expected: list[str],
+    version: tuple[int, ...] | None,
+) -> None:
+    """uWSGI before 2.0.27 (or of unknown version) runs threads only when told to."""
     with override_settings(FORKSAFE=setting):
-        assert _ids(checks.uwsgi_messages(opt)) == expected
+        assert _ids(checks.uwsgi_messages(opt, version)) == expected
+
+
+@pytest.mark.parametrize("version", [(2, 0, 27), (2, 0, 31), (2, 1, 0)])
+def test_uwsgi_2_0_27_and_later_always_run_threads_so_no_w003(version: tuple[int, ...]) -> None:
+    with override_settings(FORKSAFE={"THREADS": True}):
+        assert _ids(checks.uwsgi_messages({"master": True}, version)) == []
+        assert _ids(checks.uwsgi_messages({}, version)) == ["forksafe.W002"]
 
 
 def test_uwsgi_checks_are_quiet_outside_uwsgi() -> None:

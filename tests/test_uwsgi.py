@@ -186,3 +186,50 @@ def test_outside_uwsgi_install_does_nothing_and_logs_why(
     with caplog.at_level(logging.INFO, logger="forksafe"):
         assert forksafe_uwsgi.install() is False
     assert "not running under uWSGI" in caplog.text
+
+
+def test_without_enable_threads_uwsgi_still_runs_threads_between_requests_and_no_w003(
+    example_db: str,
+) -> None:
+    """uWSGI 2.0.27+ enables Python threads whatever the configuration says (``preforked.ini``
+    has no ``enable-threads``): a background thread ticks between requests, so forksafe must
+    not log W003 for ``FORKSAFE["THREADS"]``. Under an older uWSGI the thread would stand
+    still between requests and W003 would be due (see test_checks.py)."""
+    env = {"EXAMPLE_FORKSAFE_APP": "1"}  # "forksafe" app, THREADS=True: ready() logs checks
+    with Server("preforked", example_db, processes=1, env=env) as server:
+        first = get(server.url + "ticks")  # starts the ticker: every 10 ms
+        time.sleep(1.0)
+        second = get(server.url + "ticks")  # read first thing in the request
+        log = server.log()
+    assert second["pid"] == first["pid"]
+    assert second["ticks"] - first["ticks"] >= 20, (first, second)
+    assert "python threads support enabled" in log, log
+    assert "forksafe.W003" not in log, log
+
+
+@pytest.mark.parametrize("forksafe_mode", ["1", "0"])
+def test_harakiri_respawned_worker_gets_its_own_session(
+    example_db: str, forksafe_mode: str
+) -> None:
+    """A worker stuck in a query is killed by ``harakiri`` and the master forks a new one:
+    with forksafe the new worker queries on a session of its own; plain Django (the control)
+    puts it on the master's session (or it fails: that session is still busy)."""
+    extra = ("--harakiri", "2")
+    with Server(
+        "preforked", example_db, forksafe=forksafe_mode, processes=1, extra=extra
+    ) as server:
+        (old_pid,) = server.children()
+        with pytest.raises((OSError, RuntimeError)):  # the worker dies mid-request
+            get(server.url + "sleep?seconds=8", timeout=20)
+        deadline = time.monotonic() + 30
+        while set(server.children()) <= {old_pid}:  # the master respawns the worker
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        result = fire(server.url, requests=8, concurrency=2, timeout=3)
+        log = server.log()
+    assert "HARAKIRI" in log, log
+    assert old_pid not in result.pids, result.summary()
+    if forksafe_mode == "0":
+        assert result.on_loader_session > 0 or result.errors, result.summary()
+        return
+    assert_own_sessions(result, workers=1)

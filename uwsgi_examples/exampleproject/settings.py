@@ -26,6 +26,10 @@ SECRET_KEY = "forksafe-example-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
+if os.environ.get("EXAMPLE_FORKSAFE_APP") == "1":
+    # The app's ready() installs forksafe and logs the server checks (W003 under uWSGI).
+    INSTALLED_APPS.append("forksafe")
+    FORKSAFE = {"THREADS": True}
 MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "exampleproject.urls"
 USE_TZ = True

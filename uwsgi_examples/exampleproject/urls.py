@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from django.urls import path
-from exampleproject.views import enqueue, whoami
+from exampleproject.views import enqueue, sleep, ticks, whoami
 
-urlpatterns = [path("", whoami), path("spool", enqueue)]
+urlpatterns = [
+    path("", whoami),
+    path("spool", enqueue),
+    path("sleep", sleep),
+    path("ticks", ticks),
+]
