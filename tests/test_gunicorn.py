@@ -86,12 +86,28 @@ def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int
         assert n is not None and n <= expected, server.log()
 
 
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_install_in_wsgi_py_alone_gives_preloaded_workers_their_own_sessions(
+    example_db: str, baseline: int, worker_class: str
+) -> None:
+    """What the README promises: ``forksafe.install()`` in wsgi.py is enough for gunicorn
+    (``EXAMPLE_FORKSAFE=wsgi``: no pre_fork/post_fork hooks in gunicorn.conf.py)."""
+    env = {"EXAMPLE_WORKER_CLASS": worker_class}
+    with Server("gunicorn", example_db, forksafe="wsgi", processes=2, env=env) as server:
+        result = fire(server.url, requests=200, concurrency=8, timeout=10)
+    assert_own_sessions(result, workers=2)
+
+
 def test_control_plain_django_workers_share_the_arbiter_session(
     example_db: str, baseline: int
 ) -> None:
-    """Without forksafe the problem is real: preloaded workers use the arbiter's session."""
-    with Server("gunicorn", example_db, forksafe="0", processes=WORKERS) as server:
-        result = fire(server.url, requests=200, concurrency=16, timeout=3)
+    """Without forksafe the problem is real: preloaded sync workers use the arbiter's session.
+
+    (gthread workers run requests in threads of their own, which open their own sessions:
+    there plain Django shares the arbiter's session in the workers' main thread only.)
+    """
+    with Server("gunicorn", example_db, forksafe="0", processes=2) as server:
+        result = fire(server.url, requests=100, concurrency=8, timeout=3)
     assert result.on_loader_session > 0 or result.errors, result.summary()
 
 
