@@ -20,6 +20,7 @@ from django.db import ProgrammingError, connection, connections, transaction
 
 import forksafe
 from forksafe import _fork, _registry, _scenarios
+from forksafe._sessions import list_sessions
 from tests._forking import ChildFailed, fork_child, run_in_child, wait_child
 from tests._scripts import run_python
 from tests.testapp.models import Item
@@ -199,12 +200,36 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
 
 
 def test_close_before_fork_closes_only_the_forking_threads_idle_connections() -> None:
+    """Another thread's connection stays open (and its session answers); calling it again is
+    harmless: nothing to close, the next query reconnects."""
     forksafe.install(close_before_fork=True)
     _scenarios.backend_id()
-    assert connection.connection is not None
-    forksafe.prepare_fork()
-    assert connection.connection is None
-    forksafe.prepare_fork()  # repeated: harmless
+    opened, release = threading.Event(), threading.Event()
+    seen: list[tuple[int, int]] = []
+
+    def other_thread() -> None:
+        try:
+            before = _scenarios.backend_id()
+            opened.set()
+            release.wait(30)
+            seen.append((before, _scenarios.backend_id()))
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        assert opened.wait(30)
+        assert connection.connection is not None
+        forksafe.prepare_fork()
+        assert connection.connection is None
+        forksafe.prepare_fork()  # repeated
+        assert connection.connection is None
+    finally:
+        release.set()
+        thread.join(30)
+    assert len(seen) == 1 and seen[0][0] == seen[0][1], seen  # the other thread's session
+    assert _scenarios.backend_id() > 0  # this thread reconnects
 
 
 def test_prepare_fork_leaves_in_memory_sqlite_alone(vendor: str) -> None:
@@ -360,28 +385,48 @@ def test_child_never_enters_a_shared_connection_busy_in_another_thread(
     by a thread the child does not have: the child detaches it without entering it."""
     if vendor == "sqlite":
         pytest.skip("needs a server query that blocks")
-    sleep_sql = "SELECT pg_sleep(1.5)" if vendor == "postgresql" else "SELECT SLEEP(1.5)"
+    sleep_sql = "SELECT pg_sleep(3)" if vendor == "postgresql" else "SELECT SLEEP(3)"
     wrapper = connections.create_connection("default")
     wrapper.inc_thread_sharing()
     wrapper.ensure_connection()
-    started = threading.Event()
+    with wrapper.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_backend_pid()" if vendor == "postgresql" else "SELECT CONNECTION_ID()"
+        )
+        (session,) = cursor.fetchone()
+    errors: list[BaseException] = []
 
     def sleeper() -> None:
-        with wrapper.cursor() as cursor:
-            started.set()
-            cursor.execute(sleep_sql)
+        try:
+            with wrapper.cursor() as cursor:
+                cursor.execute(sleep_sql)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
 
     thread = threading.Thread(target=sleeper)
     thread.start()
-    started.wait(10)
-    time.sleep(0.3)  # the query is in flight: the driver holds its lock
+    # Fork only once the server shows the query running: the driver holds its lock.
+    wait_for_running_query(session)
     try:
         # The hook ran (or hangs: killed after 10 s, the test fails) before the body.
         assert fork_child(lambda: 0, timeout=10) == 0
     finally:
-        thread.join(10)
+        thread.join(30)
         wrapper.dec_thread_sharing()
         wrapper.close()
+    assert errors == []  # the parent's query was not disturbed
+
+
+def wait_for_running_query(session: int, timeout: float = 10) -> None:
+    """Wait until the server shows ``session`` running a query (PostgreSQL ``active``,
+    MariaDB ``Query``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {s.id: s.state for s in list_sessions() or []}
+        if found.get(session) in ("active", "Query"):
+            return
+        assert time.monotonic() < deadline, f"session {session} never ran its query: {found}"
+        time.sleep(0.02)
 
 
 # --- forking inside a transaction, plain Django vs forksafe (fresh interpreters) -----------

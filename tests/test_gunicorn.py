@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import connection
 
 import forksafe.gunicorn
-from forksafe._scenarios import settle_sessions
+from forksafe._scenarios import backend_id, settle_sessions
 from tests._prefork import (
     WORKERS,
     assert_own_sessions,
@@ -138,5 +139,9 @@ def test_server_hooks_called_wrongly_raise_type_error_naming_the_signature(
 
 
 def test_post_fork_with_gunicorn_arguments_in_a_process_that_did_not_fork_does_nothing() -> None:
+    """This process's connection and its session survive (a reset would drop them)."""
+    mine = backend_id()
     forksafe.gunicorn.post_fork(object(), _Worker())
     forksafe.gunicorn.post_fork(server=object(), worker=_Worker())
+    assert connection.connection is not None
+    assert backend_id() == mine
