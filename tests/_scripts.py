@@ -12,8 +12,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_python(*args: str, timeout: float = 120, **env: str) -> Any:
-    """``python ARGS`` from the repository root; its last stdout line, parsed as JSON.
+def run_python(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Any:
+    """``python ARGS`` from the repository root (``env`` added to this environment); its
+    last stdout line, parsed as JSON.
 
     Fails the test (with the script's stderr) when it exits non-zero or prints nothing.
     """
@@ -22,7 +23,7 @@ def run_python(*args: str, timeout: float = 120, **env: str) -> Any:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         cwd=ROOT,
     )
     lines = proc.stdout.strip().splitlines()

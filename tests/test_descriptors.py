@@ -52,23 +52,20 @@ def test_child_gc_after_new_sessions_leaves_every_session_answering(descriptors_
     assert res["thread_after"] == res["thread"], res
 
 
-def test_control_plain_child_gc_ends_the_parents_and_the_threads_sessions(
-    descriptors_run: Any, driver: str
+@pytest.mark.parametrize("mode", ["plain", "close_fds"])
+def test_control_without_forksafe_the_childs_gc_ends_sessions(
+    descriptors_run: Any, driver: str, mode: str
 ) -> None:
+    """``plain``: the goodbyes reach the parent's and the other thread's sessions.
+    ``close_fds`` (Celery's fixup: ``os.close(fd)``): the new sockets got those numbers,
+    so the goodbyes end the child's own new sessions instead."""
     if driver != "mysqlclient":
         pytest.skip(NO_CONTROL)
-    res = descriptors_run("plain")
-    assert res["parent_after"] != res["parent"], res
-    assert res["thread_after"] != res["thread"], res
-
-
-def test_control_closing_inherited_descriptors_by_number_breaks_the_childs_new_sessions(
-    descriptors_run: Any, driver: str
-) -> None:
-    """Celery's fixup: ``os.close(fd)``; a new socket gets the number, then the GC's goodbye."""
-    if driver != "mysqlclient":
-        pytest.skip(NO_CONTROL)
-    res = descriptors_run("close_fds")
+    res = descriptors_run(mode)
     child = res["child"]
-    assert child["new_after"] != child["new"], res
-    assert any(isinstance(answer, str) for answer in child["new_after"]), res
+    if mode == "plain":
+        assert res["parent_after"] != res["parent"], res
+        assert res["thread_after"] != res["thread"], res
+    else:
+        assert child["new_after"] != child["new"], res
+        assert any(isinstance(answer, str) for answer in child["new_after"]), res

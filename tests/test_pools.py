@@ -112,7 +112,7 @@ def _assert_own_sessions(seen: list[tuple[int, int]], parent: int, vendor: str) 
 
 def _run_script(code: str, **env: str) -> Any:
     """Run ``code`` in a fresh interpreter (no forksafe.install()); its last line is JSON."""
-    return run_python("-c", code, **env)
+    return run_python("-c", code, env=env)
 
 
 # --- the guarantees ------------------------------------------------------------------------
