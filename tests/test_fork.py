@@ -53,14 +53,20 @@ def test_child_orm_queries_get_a_session_of_their_own(keep_open: None, vendor: s
 
 def test_every_alias_is_detached_in_the_child(keep_open: None) -> None:
     parents = {alias: _scenarios.backend_id(alias) for alias in ("default", "other")}
+    assert all(forksafe.stats()[alias]["open"] >= 1 for alias in parents)
 
-    def child() -> dict[str, int]:
-        return {alias: _scenarios.backend_id(alias) for alias in ("default", "other")}
+    def child() -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+        inherited = forksafe.stats()  # right after the reset: nothing open, all detached
+        ids = {alias: _scenarios.backend_id(alias) for alias in ("default", "other")}
+        return ids, inherited, forksafe.stats()
 
-    children = run_in_child(child)
+    children, inherited, after = run_in_child(child)
     for alias in parents:
         assert children[alias] != parents[alias]
         assert _scenarios.backend_id(alias) == parents[alias]
+        assert inherited[alias]["open"] == 0, inherited
+        assert inherited[alias]["detached"] >= 1, inherited
+        assert after[alias]["open"] == 1, after  # the child's own, just opened
 
 
 def test_fork_inside_atomic_keeps_parent_transaction(keep_open: None, vendor: str) -> None:

@@ -77,6 +77,12 @@ def server_sessions() -> int:
     return n
 
 
+def open_connections() -> dict[str, int]:
+    """``forksafe.stats()``'s ``open`` count of the aliases the thread bodies use."""
+    stats = forksafe.stats()
+    return {alias: stats.get(alias, {"open": 0})["open"] for alias in ("default", "other")}
+
+
 def query_and_keep_wrapper(found: list[BaseDatabaseWrapper]) -> None:
     """A thread body: one query on each alias; remember the wrappers to inspect them later."""
     backend_id("default")
@@ -100,8 +106,10 @@ def run_threads(thread_class: type[threading.Thread], n: int) -> list[BaseDataba
 def test_control_plain_threads_leave_their_sessions_open(vendor: str, no_gc: None) -> None:
     """Without forksafe, finished threads keep their connections until the GC runs."""
     before = sessions(vendor)
+    open_before = open_connections()
     found = run_threads(threading.Thread, N_THREADS)
     assert all(w.connection is not None for w in found)
+    assert open_connections() == {a: n + N_THREADS for a, n in open_before.items()}
     if before is not None:
         assert sessions(vendor) == before + 2 * N_THREADS
     del found
@@ -112,9 +120,11 @@ def test_control_plain_threads_leave_their_sessions_open(vendor: str, no_gc: Non
 
 def test_threads_close_every_alias_when_they_end_without_gc(vendor: str, no_gc: None) -> None:
     before = sessions(vendor)
+    open_before = open_connections()
     found = run_threads(forksafe.Thread, N_THREADS)
     assert len(found) == 2 * N_THREADS
     assert all(w.connection is None for w in found)
+    assert open_connections() == open_before  # forksafe's own count agrees
     if before is not None:
         assert settle_sessions(URL(), before) == before
 
