@@ -153,7 +153,7 @@ def uwsgi_messages(
     threads_on = (
         (version is not None and version >= _THREADS_ALWAYS_ON)
         or _truthy(opt.get("enable-threads", False))
-        or int(_first(opt.get("threads", 0)) or 0) > 1
+        or int(_last(opt.get("threads", 0)) or 0) > 1
     )
     needs = []
     if conf.get("THREADS"):
@@ -172,7 +172,8 @@ def uwsgi_messages(
     return messages
 
 
-def _first(value: Any) -> Any:
+def _last(value: Any) -> Any:
+    """The value of a uWSGI option: the last one given when it was repeated."""
     if isinstance(value, list):
         value = value[-1] if value else 0
     if isinstance(value, bytes):

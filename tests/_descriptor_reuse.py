@@ -32,7 +32,8 @@ def _answer(query: Any) -> int | str:
 
 
 def main(mode: str, url: str) -> dict[str, Any]:
-    from forksafe._scenarios import backend_id, configure_django
+    from forksafe._sessions import backend_id
+    from forksafe._urls import configure_django
 
     configure_django(url)
     if mode == "forksafe":

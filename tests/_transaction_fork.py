@@ -30,7 +30,7 @@ TABLE = "forksafe_fork_rows"
 
 
 def _setup(mode: str, url: str) -> None:
-    from forksafe._scenarios import configure_django
+    from forksafe._urls import configure_django
 
     configure_django(url)
     if mode == "forksafe":

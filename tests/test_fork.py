@@ -19,8 +19,7 @@ import pytest
 from django.db import ProgrammingError, connection, connections, transaction
 
 import forksafe
-from forksafe import _fork, _registry, _scenarios
-from forksafe._sessions import list_sessions
+from forksafe import _fork, _registry, _sessions
 from tests._forking import ChildFailed, fork_child, run_in_child, wait_child
 from tests._scripts import run_python
 from tests.testapp.models import Item
@@ -38,32 +37,32 @@ def keep_open() -> Iterator[None]:
 
 def test_child_orm_queries_get_a_session_of_their_own(keep_open: None, vendor: str) -> None:
     Item.objects.create(name="parent")
-    parent_backend = _scenarios.backend_id()
+    parent_backend = _sessions.backend_id()
 
     def child() -> tuple[int, int]:
         Item.objects.create(name="child", pid=os.getpid())
-        return _scenarios.backend_id(), Item.objects.count()
+        return _sessions.backend_id(), Item.objects.count()
 
     child_backend, count = run_in_child(child)
     assert count == 2
     assert child_backend != parent_backend
-    assert _scenarios.backend_id() == parent_backend
+    assert _sessions.backend_id() == parent_backend
     assert Item.objects.filter(name="child").count() == 1
 
 
 def test_every_alias_is_detached_in_the_child(keep_open: None) -> None:
-    parents = {alias: _scenarios.backend_id(alias) for alias in ("default", "other")}
+    parents = {alias: _sessions.backend_id(alias) for alias in ("default", "other")}
     assert all(forksafe.stats()[alias]["open"] >= 1 for alias in parents)
 
     def child() -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, dict[str, int]]]:
         inherited = forksafe.stats()  # right after the reset: nothing open, all detached
-        ids = {alias: _scenarios.backend_id(alias) for alias in ("default", "other")}
+        ids = {alias: _sessions.backend_id(alias) for alias in ("default", "other")}
         return ids, inherited, forksafe.stats()
 
     children, inherited, after = run_in_child(child)
     for alias in parents:
         assert children[alias] != parents[alias]
-        assert _scenarios.backend_id(alias) == parents[alias]
+        assert _sessions.backend_id(alias) == parents[alias]
         assert inherited[alias]["open"] == 0, inherited
         assert inherited[alias]["detached"] >= 1, inherited
         assert after[alias]["open"] == 1, after  # the child's own, just opened
@@ -92,7 +91,7 @@ def test_child_forked_inside_atomic_can_leave_the_block_and_query(keep_open: Non
     """Raw fork inside a block: the child's queries in it raise, leaving it is clean,
     the parent's on_commit callbacks run in the parent only, and the parent commits."""
     parent_pid = os.getpid()
-    parent_backend = _scenarios.backend_id()
+    parent_backend = _sessions.backend_id()
     read_fd, write_fd = os.pipe()
     outer = transaction.atomic()
     outer.__enter__()
@@ -108,7 +107,7 @@ def test_child_forked_inside_atomic_can_leave_the_block_and_query(keep_open: Non
                     report = "query inside the inherited block ran"
                 except ProgrammingError:
                     outer.__exit__(None, None, None)  # leaving the block: no commit, no error
-                    own = _scenarios.backend_id() != parent_backend
+                    own = _sessions.backend_id() != parent_backend
                     report = f"ok own={own} rows={Item.objects.filter(name='parent-row').count()}"
             except BaseException as exc:
                 report = f"{type(exc).__name__}: {exc}"
@@ -137,10 +136,10 @@ def test_other_threads_connections_survive_the_fork(keep_open: None) -> None:
 
     def worker(n: int) -> None:
         try:
-            before = _scenarios.backend_id()
+            before = _sessions.backend_id()
             ready.wait(10)
             forked.wait(10)
-            results[n] = (before, _scenarios.backend_id())
+            results[n] = (before, _sessions.backend_id())
         except BaseException as exc:  # reported below
             errors.append(exc)
         finally:
@@ -154,7 +153,7 @@ def test_other_threads_connections_survive_the_fork(keep_open: None) -> None:
     def child() -> int:
         # The child's GC may collect the other threads' wrappers: nothing must reach the server.
         gc.collect()
-        return _scenarios.backend_id()
+        return _sessions.backend_id()
 
     run_in_child(child)
     forked.set()
@@ -174,7 +173,7 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
     def worker() -> None:
         try:
             while not stop.is_set():
-                _scenarios.backend_id()
+                _sessions.backend_id()
                 queries[0] += 1
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
@@ -184,14 +183,14 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
-    parent_backend = _scenarios.backend_id()
+    parent_backend = _sessions.backend_id()
     child_errors = 0
     try:
         for i in range(200):
             query = i % 10 == 0  # a querying child every 10th fork keeps the run short
 
             def child(query: bool = query) -> int:
-                return 3 if query and _scenarios.backend_id() == parent_backend else 0
+                return 3 if query and _sessions.backend_id() == parent_backend else 0
 
             if fork_child(child, timeout=30) != 0:
                 child_errors += 1
@@ -202,23 +201,23 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
     assert errors == []
     assert child_errors == 0
     assert queries[0] > 0
-    assert _scenarios.backend_id() == parent_backend
+    assert _sessions.backend_id() == parent_backend
 
 
 def test_close_before_fork_closes_only_the_forking_threads_idle_connections() -> None:
     """Another thread's connection stays open (and its session answers); calling it again is
     harmless: nothing to close, the next query reconnects."""
     forksafe.install(close_before_fork=True)
-    _scenarios.backend_id()
+    _sessions.backend_id()
     opened, release = threading.Event(), threading.Event()
     seen: list[tuple[int, int]] = []
 
     def other_thread() -> None:
         try:
-            before = _scenarios.backend_id()
+            before = _sessions.backend_id()
             opened.set()
             release.wait(30)
-            seen.append((before, _scenarios.backend_id()))
+            seen.append((before, _sessions.backend_id()))
         finally:
             connections.close_all()
 
@@ -235,7 +234,7 @@ def test_close_before_fork_closes_only_the_forking_threads_idle_connections() ->
         release.set()
         thread.join(30)
     assert len(seen) == 1 and seen[0][0] == seen[0][1], seen  # the other thread's session
-    assert _scenarios.backend_id() > 0  # this thread reconnects
+    assert _sessions.backend_id() > 0  # this thread reconnects
 
 
 def test_prepare_fork_leaves_in_memory_sqlite_alone(vendor: str) -> None:
@@ -265,17 +264,17 @@ def test_prepare_fork_leaves_in_memory_sqlite_alone(vendor: str) -> None:
 
 
 def test_after_fork_in_child_without_a_fork_is_a_no_op() -> None:
-    parent_backend = _scenarios.backend_id()
+    parent_backend = _sessions.backend_id()
     forksafe.after_fork_in_child()
     forksafe.after_fork_in_child()
-    assert _scenarios.backend_id() == parent_backend
+    assert _sessions.backend_id() == parent_backend
 
 
 def test_after_fork_in_child_twice_in_child_is_harmless(keep_open: None) -> None:
     def child() -> tuple[int, int]:
-        first = _scenarios.backend_id()
+        first = _sessions.backend_id()
         forksafe.after_fork_in_child()
-        return first, _scenarios.backend_id()
+        return first, _sessions.backend_id()
 
     first, second = run_in_child(child)
     assert first == second
@@ -306,7 +305,7 @@ def test_registry_sees_connections_of_every_thread() -> None:
     release = threading.Event()
 
     def worker() -> None:
-        _scenarios.backend_id()
+        _sessions.backend_id()
         seen.append(threading.get_ident())
         done.set()
         release.wait(10)
@@ -428,7 +427,7 @@ def wait_for_running_query(session: int, timeout: float = 10) -> None:
     MariaDB ``Query``)."""
     deadline = time.monotonic() + timeout
     while True:
-        found = {s.id: s.state for s in list_sessions() or []}
+        found = {s.id: s.state for s in _sessions.list_sessions() or []}
         if found.get(session) in ("active", "Query"):
             return
         assert time.monotonic() < deadline, f"session {session} never ran its query: {found}"
