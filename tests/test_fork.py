@@ -20,6 +20,12 @@ from django.db import ProgrammingError, connection, connections, transaction
 
 import forksafe
 from forksafe import _fork, _registry, _sessions
+from tests._abandoned import (
+    abandoned_after,
+    abandoned_before,
+    assert_none_abandoned,
+    wait_sessions_gone,
+)
 from tests._forking import ChildFailed, fork_child, run_in_child, wait_child
 from tests._scripts import run_python
 from tests.testapp.models import Item
@@ -480,3 +486,32 @@ def test_sqlite_parent_in_a_write_transaction_survives_a_child_that_exits_normal
     assert res["commit_error"] is None, res
     assert res["rows"] == ["after fork", "before fork"], res
     assert res["integrity"] == "ok", res
+
+
+# --- the server's own count of sessions that ended without a goodbye ----------------------
+
+
+@pytest.mark.parametrize("close", [True, False], ids=["closes", "control-os-exit-holding"])
+def test_child_that_closes_its_session_is_not_counted_abandoned(
+    keep_open: None, vendor: str, close: bool
+) -> None:
+    """What every "closed at exit" assertion relies on: a child that closes its own session
+    before ``os._exit`` leaves the server's counter alone; the control, a child that exits
+    holding its session, moves it -- so the assertion can fail."""
+    if vendor == "sqlite":
+        pytest.skip("SQLite has no sessions to abandon")
+    _sessions.backend_id()  # the parent's session: inherited, detached in the child
+    before = abandoned_before(vendor)
+
+    def child() -> int:
+        backend = _sessions.backend_id()  # a session of the child's own
+        if close:
+            connections.close_all()
+        return backend
+
+    backend = run_in_child(child)  # the child ends with os._exit
+    wait_sessions_gone({backend})
+    if close:
+        assert_none_abandoned(before)
+    else:
+        assert before is not None and abandoned_after(before) == before + 1
