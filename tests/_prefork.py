@@ -50,6 +50,11 @@ def assert_own_sessions(result: LoadResult, *, workers: int | None = None) -> No
     assert result.shared_backends == {}, result.summary()
 
 
+def backends_of(result: LoadResult, pids: set[int]) -> set[int]:
+    """The server sessions that the workers ``pids`` answered on."""
+    return {b for pid, backends in result.backends_by_pid.items() if pid in pids for b in backends}
+
+
 def wait_for_new_workers(server: Server, old_pids: set[int], timeout: float = 30) -> None:
     """After a graceful reload: wait until a request is answered by a worker not in ``old_pids``."""
     deadline = time.monotonic() + timeout
