@@ -29,6 +29,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 import forksafe
 from forksafe._sessions import backend_id, count_sessions, quiet_sessions, settle_sessions
 from forksafe.demo import _scenarios
+from tests._abandoned import abandoned_before, assert_none_abandoned
 from tests._scripts import run_python
 from tests.testapp.models import Item
 
@@ -120,6 +121,7 @@ def test_control_plain_threads_leave_their_sessions_open(vendor: str, no_gc: Non
 
 def test_threads_close_every_alias_when_they_end_without_gc(vendor: str, no_gc: None) -> None:
     before = sessions(vendor)
+    abandoned = abandoned_before(vendor)
     open_before = open_connections()
     found = run_threads(forksafe.Thread, N_THREADS)
     assert len(found) == 2 * N_THREADS
@@ -127,6 +129,7 @@ def test_threads_close_every_alias_when_they_end_without_gc(vendor: str, no_gc: 
     assert open_connections() == open_before  # forksafe's own count agrees
     if before is not None:
         assert settle_sessions(before) == before
+    assert_none_abandoned(abandoned)  # closed, each with a goodbye
 
 
 def test_thread_whose_run_raises_still_closes_its_connections(
