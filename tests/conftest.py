@@ -8,7 +8,9 @@ green without having talked to PostgreSQL and MariaDB.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +18,9 @@ import pytest
 from tests._ci import in_ci
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings.sqlite3")
+# This run's own SQLite file (see tests/settings/_base.py), removed at the end.
+_SQLITE_PATH = os.path.join(tempfile.gettempdir(), f"forksafe-tests-{os.getpid()}.sqlite3")
+os.environ.setdefault("FORKSAFE_TEST_SQLITE_PATH", _SQLITE_PATH)
 
 _server_problem: str | None = None
 
@@ -49,6 +54,12 @@ def pytest_configure(config: pytest.Config) -> None:
             ) from exc
     finally:
         connection.close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_SQLITE_PATH + suffix)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
