@@ -174,16 +174,17 @@ def test_lazy_apps_workers_keep_the_session_they_opened_while_loading(
 
 
 def test_threaded_workers_give_each_request_thread_its_own_session(
-    example_db: str, abandoned: int
+    example_db: str, baseline: int, abandoned: int
 ) -> None:
     with Server("threads", example_db, processes=2) as server:
         result = fire(server.url, requests=400, concurrency=16)
         # While it runs: the request threads' sessions and the master's, nothing more.
-        live = {s.id for s in list_sessions() or []}
-        assert result.backends <= live, (result.backends, live)
         loader = {r["loader_backend"] for r in result.responses}
-        server_sessions = {s for s in live if s in result.backends | loader}
-        assert len(server_sessions) == len(result.backends) + 1, (live, result.backends)
+        assert len(loader) == 1 and not loader & result.backends
+        live = {s.id for s in list_sessions() or []}
+        assert result.backends | loader <= live, (result.backends, live)
+        expected = baseline + len(result.backends) + 1
+        assert settle_sessions(expected) == expected, (live, result.backends)
     assert_own_sessions(result, workers=2)
     assert all(len(b) <= 4 for b in result.backends_by_pid.values()), result.backends_by_pid
     wait_sessions_gone(result.backends | loader)
