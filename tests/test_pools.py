@@ -268,10 +268,10 @@ def test_worker_exit_closes_its_sessions_instead_of_abandoning_them(
 def test_terminate_leaves_no_sessions(
     db: None, db_url: str, vendor: str, keep_parent_connection: None
 ) -> None:
-    """terminate() runs no Python in the workers: the server drops their sessions on EOF and
-    counts them abandoned (nothing could say goodbye); the parent's session is untouched."""
+    """terminate() ends the workers with SIGTERM: the server drops their sessions (by id);
+    the parent's session is untouched. (Whether a worker said goodbye first depends on a race
+    inside multiprocessing's terminate, so the abandoned counter is not asserted here.)"""
     parent = backend_id()
-    before = _before(vendor)
     pool = forksafe.Pool(2, context=forksafe.get_context("fork"))
     seen = pool.map(orm_task, range(4), chunksize=1)
     pool.terminate()
@@ -279,7 +279,6 @@ def test_terminate_leaves_no_sessions(
     assert backend_id() == parent
     if vendor != "sqlite":
         wait_sessions_gone({backend for _, backend in seen})
-        assert before is not None and abandoned_after(before) > before
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
