@@ -9,8 +9,9 @@ forksafe.E004  ``FORKSAFE["POOLER"]`` is not a pool mode, or names an alias not 
 forksafe.W001  a database uses Django's native pool but forksafe's fork hooks are not
                installed: forked workers would share the parent's pooled sessions
 forksafe.W002  running under uWSGI without ``master``: the postfork hook cannot run
-forksafe.W003  running under uWSGI without threads enabled while something needs
-               background threads (``FORKSAFE["THREADS"]``, a native pool)
+forksafe.W003  running under uWSGI before 2.0.27 without threads enabled while
+               something needs background threads (``FORKSAFE["THREADS"]``, a
+               native pool); uWSGI 2.0.27+ always enables them
 forksafe.W005  under ASGI, a database with ``CONN_MAX_AGE`` other than 0 and no pool:
                every request runs in a new thread, so no connection is reused
 forksafe.W006  behind transaction pooling (``FORKSAFE["POOLER"]``), server-side cursors are on

@@ -34,6 +34,7 @@ reset before your own post-fork code runs, mules and spoolers.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import sys
@@ -74,7 +75,8 @@ class ServerFacts:
 
     source: str  # "uwsgi.opt" inside uWSGI, else "environment (UWSGI_...)"
     master: bool
-    python_threads: bool  # enable-threads, or threads > 1: Python threads run between requests
+    # uWSGI 2.0.27+, enable-threads, or threads > 1: Python threads run between requests.
+    python_threads: bool
     lazy_apps: bool
     processes: int | None
     threads: int | None
@@ -98,19 +100,32 @@ def _count(value: Any) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
+# uWSGI runs Python threads unconditionally since 2.0.27 (commit 1caea16, "set enable
+# threads by default": https://github.com/unbit/uwsgi/commit/1caea16df8d681b66071192b05ada588c3368e28).
+THREADS_ALWAYS_ON = (2, 0, 27)
+
+
 def facts_from_options(
-    options: Mapping[str, Any], *, source: str = "uwsgi.opt", master: bool | None = None
+    options: Mapping[str, Any],
+    *,
+    source: str = "uwsgi.opt",
+    master: bool | None = None,
+    version: tuple[int, ...] | None = None,
 ) -> ServerFacts:
     """Read :class:`ServerFacts` from uWSGI options as ``uwsgi.opt`` holds them.
 
     Flags are ``True``, values bytes, repeated options lists. ``master``, when
     given, wins over the ``master`` option (``uwsgi.masterpid()`` knows).
+    ``version`` is uWSGI's (major, minor, revision); unknown is taken for an old one.
     """
     threads = _count(options.get("threads", ""))
+    always_threads = version is not None and version >= THREADS_ALWAYS_ON
     return ServerFacts(
         source=source,
         master=_flag(options.get("master", False)) if master is None else master,
-        python_threads=_flag(options.get("enable-threads", False)) or (threads or 0) > 1,
+        python_threads=always_threads
+        or _flag(options.get("enable-threads", False))
+        or (threads or 0) > 1,
         lazy_apps=_flag(options.get("lazy-apps", False)) or _flag(options.get("lazy", False)),
         processes=_count(options.get("processes", "")) or _count(options.get("workers", "")),
         threads=threads,
@@ -123,7 +138,12 @@ def server_facts() -> ServerFacts | None:
         return None
     import uwsgi
 
-    return facts_from_options(getattr(uwsgi, "opt", {}), master=bool(uwsgi.masterpid()))
+    info = getattr(uwsgi, "version_info", None)
+    return facts_from_options(
+        getattr(uwsgi, "opt", {}),
+        master=bool(uwsgi.masterpid()),
+        version=tuple(int(part) for part in info[:3]) if info else None,
+    )
 
 
 def configured_facts(environ: Mapping[str, str] = os.environ) -> ServerFacts | None:
@@ -136,7 +156,23 @@ def configured_facts(environ: Mapping[str, str] = os.environ) -> ServerFacts | N
     if not names:
         return None
     options = {k[6:].lower().replace("_", "-"): environ[k] for k in names}
-    return facts_from_options(options, source=f"environment ({', '.join(names)})")
+    return facts_from_options(
+        options, source=f"environment ({', '.join(names)})", version=_installed_version()
+    )
+
+
+def _installed_version() -> tuple[int, ...] | None:
+    """The version of the installed uWSGI distribution, or None."""
+    try:
+        text = importlib.metadata.version("uwsgi")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    parts = []
+    for part in text.split(".")[:3]:
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts) or None
 
 
 def _post_fork() -> None:

@@ -3,8 +3,8 @@
 The child always ends with ``os._exit`` so it can never fall back into
 pytest's own stack. Its return value is pickled through a pipe; an exception
 in the child is re-raised in the parent as :class:`ChildFailed` with the
-child's traceback, so a failure inside a child fails the test. A child that
-has not reported within ``timeout`` seconds is killed and fails the test too.
+child's traceback, so a failure inside a child fails the test. Every wait has a
+deadline: a child that outlives it is killed and the test fails, saying so.
 """
 
 from __future__ import annotations
@@ -20,19 +20,71 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: Seconds a child may take unless the test says otherwise.
+CHILD_TIMEOUT = 60.0
+
 
 class ChildFailed(AssertionError):
-    """The forked child raised (its traceback is the message) or died without a report."""
+    """The forked child raised (its traceback is the message), hung, or died without a report."""
+
+
+def wait_child(pid: int, timeout: float = CHILD_TIMEOUT) -> int:
+    """Wait for child ``pid``; return its exit code. Past ``timeout``: SIGKILL, ChildFailed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise ChildFailed(f"the child {pid} was still running after {timeout} s: killed")
+        time.sleep(0.01)
+
+
+def fork_child(body: Callable[[], int], timeout: float = CHILD_TIMEOUT) -> int:
+    """Fork; the child runs ``body()`` and exits with what it returns (2 if it raised).
+
+    Return the child's exit code (see :func:`wait_child` for the deadline).
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 2
+        try:
+            code = body()
+        finally:
+            os._exit(code)
+    return wait_child(pid, timeout)
+
+
+def _read_all(fd: int, pid: int, deadline: float, timeout: float) -> bytes:
+    """Everything the child writes to ``fd`` until it closes it, within the deadline."""
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(left, 0))
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise ChildFailed(f"the child {pid} did not report within {timeout} s: killed")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def run_in_child(
-    func: Callable[[], T], timeout: float = 60, *, fork: Callable[[], int] = os.fork
+    func: Callable[[], T], timeout: float = CHILD_TIMEOUT, *, fork: Callable[[], int] = os.fork
 ) -> T:
     """Fork, call ``func()`` in the child, return what it returned.
 
     ``fork``: what forks (``os.fork``; the defence tests fork from C).
+
+    A child still running after ``timeout`` seconds is killed (SIGKILL) and the
+    test fails with :class:`ChildFailed`.
     """
     read_fd, write_fd = os.pipe()
+    deadline = time.monotonic() + timeout
     pid = fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(read_fd)
@@ -51,30 +103,15 @@ def run_in_child(
             pipe.write(data)
         os._exit(code)
     os.close(write_fd)
-    data = _read_until_eof(read_fd, pid, time.monotonic() + timeout, timeout)
-    _, status = os.waitpid(pid, 0)
+    try:
+        data = _read_all(read_fd, pid, deadline, timeout)
+    finally:
+        os.close(read_fd)
+    code = wait_child(pid, max(deadline - time.monotonic(), 1.0))
     if not data:
-        raise ChildFailed(f"the child died without a report (wait status {status})")
+        raise ChildFailed(f"the child died without a report (exit code {code})")
     kind, value = pickle.loads(data)
     if kind == "error":
         raise ChildFailed(f"the child raised:\n{value}")
     result: T = value
     return result
-
-
-def _read_until_eof(fd: int, pid: int, deadline: float, timeout: float) -> bytes:
-    """Everything the child writes to ``fd``; kill it and fail past ``deadline``."""
-    chunks: list[bytes] = []
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise ChildFailed(f"the child did not finish within {timeout} s (killed)")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-    finally:
-        os.close(fd)

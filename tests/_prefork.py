@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from forksafe._sessions import quiet_sessions
+from tests._ci import skip_or_fail
 from uwsgi_examples.load import LoadResult, get
 from uwsgi_examples.run import Server, migrate, missing
 
@@ -17,7 +17,7 @@ WORKERS = 4
 
 
 def require_server(program: str, db_url: str, driver: str) -> str:
-    """Skip (or, with CI=true, fail) what cannot run; migrate the example project's database."""
+    """Skip (or, with CI set, fail) what cannot run; migrate the example project's database."""
     if driver not in SERVER_DRIVERS:
         pytest.skip(
             f"{program} server tests run for {' and '.join(SERVER_DRIVERS)} only (the"
@@ -25,9 +25,7 @@ def require_server(program: str, db_url: str, driver: str) -> str:
         )
     reason = missing(program)
     if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
+        skip_or_fail(reason)
     migrate(db_url)
     return db_url
 
@@ -50,6 +48,11 @@ def assert_own_sessions(result: LoadResult, *, workers: int | None = None) -> No
         assert len(result.pids) == workers, result.summary()
     assert result.on_loader_session == 0, result.summary()
     assert result.shared_backends == {}, result.summary()
+
+
+def backends_of(result: LoadResult, pids: set[int]) -> set[int]:
+    """The server sessions that the workers ``pids`` answered on."""
+    return {b for pid, backends in result.backends_by_pid.items() if pid in pids for b in backends}
 
 
 def wait_for_new_workers(server: Server, old_pids: set[int], timeout: float = 30) -> None:

@@ -1,19 +1,26 @@
 """Test set-up: one database driver per run, chosen by ``DJANGO_SETTINGS_MODULE``.
 
-``tests.settings.sqlite3`` is the default (no server needed). A run against a
-server whose server is not answering skips its tests with the reason -- except
-when ``CI=true``, where a missing server fails the run: CI must never go green
-without having talked to PostgreSQL and MariaDB.
+``tests.settings.sqlite3`` is the default (no server needed). A run whose
+server is not answering skips its tests with the reason -- except when ``CI`` is
+set (any non-empty value), where a missing server fails the run: CI must never go
+green without having talked to PostgreSQL and MariaDB.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
+from tests._ci import in_ci
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings.sqlite3")
+# This run's own SQLite file (see tests/settings/_base.py), removed at the end.
+_SQLITE_PATH = os.path.join(tempfile.gettempdir(), f"forksafe-tests-{os.getpid()}.sqlite3")
+os.environ.setdefault("FORKSAFE_TEST_SQLITE_PATH", _SQLITE_PATH)
 
 _server_problem: str | None = None
 
@@ -40,13 +47,19 @@ def pytest_configure(config: pytest.Config) -> None:
             f"{settings.FORKSAFE_TEST_DRIVER}: no database server at"
             f" {settings.FORKSAFE_TEST_URL} ({type(exc).__name__}: {exc})"
         )
-        if os.environ.get("CI") == "true":
+        if in_ci():
             raise pytest.UsageError(
-                f"CI=true and the database server is missing: {_server_problem}."
+                f"CI={os.environ['CI']} and the database server is missing: {_server_problem}."
                 " Start it (see .ci/run) instead of skipping these tests."
             ) from exc
     finally:
         connection.close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_SQLITE_PATH + suffix)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -102,9 +102,16 @@ def test_native_pool_with_fork_hooks_is_quiet() -> None:
         ({"master": b"false"}, {"THREADS": True}, ["forksafe.W002", "forksafe.W003"]),
     ],
 )
-def test_uwsgi_checks(opt: dict[str, Any], setting: dict[str, Any], expected: list[str]) -> None:
+@pytest.mark.parametrize("version", [None, (2, 0, 26)])
+def test_uwsgi_checks_before_2_0_27(
+    opt: dict[str, Any],
+    setting: dict[str, Any],
+    expected: list[str],
+    version: tuple[int, ...] | None,
+) -> None:
+    """uWSGI before 2.0.27 (or of unknown version) runs threads only when told to."""
     with override_settings(FORKSAFE=setting):
-        assert _ids(checks.uwsgi_messages(facts_from_options(opt))) == expected
+        assert _ids(checks.uwsgi_messages(facts_from_options(opt, version=version))) == expected
 
 
 def test_uwsgi_facts_come_from_the_uwsgi_environment_variables_outside_the_server() -> None:
@@ -116,6 +123,17 @@ def test_uwsgi_facts_come_from_the_uwsgi_environment_variables_outside_the_serve
     assert (facts.master, facts.python_threads, facts.lazy_apps) == (True, True, False)
     assert (facts.processes, facts.threads) == (4, None)
     assert facts.source == "environment (UWSGI_ENABLE_THREADS, UWSGI_MASTER, UWSGI_WORKERS)"
+
+
+@pytest.mark.parametrize("version", [(2, 0, 27), (2, 0, 31), (2, 1, 0)])
+def test_uwsgi_2_0_27_and_later_always_run_threads_so_no_w003(version: tuple[int, ...]) -> None:
+    with override_settings(FORKSAFE={"THREADS": True}):
+        assert (
+            _ids(checks.uwsgi_messages(facts_from_options({"master": True}, version=version))) == []
+        )
+        assert _ids(checks.uwsgi_messages(facts_from_options({}, version=version))) == [
+            "forksafe.W002"
+        ]
 
 
 def test_uwsgi_checks_are_quiet_outside_uwsgi() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from forksafe.demo import UWSGI_NEEDS_CHECKOUT
+from tests._ci import skip_or_fail
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/forksafe_nowhere"
 
@@ -78,18 +79,14 @@ def require_uwsgi() -> None:
 
     reason = missing("uwsgi")
     if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true: matplotlib must be installed (the test extra has it)")
-        pytest.skip("matplotlib is not installed (pip install 'forksafe[plot]')")
+        skip_or_fail("matplotlib is not installed (pip install 'forksafe[plot]')")
 
 
 # --- the tables ----------------------------------------------------------------------------

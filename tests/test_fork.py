@@ -12,13 +12,22 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import ProgrammingError, connection, connections, transaction
 
 import forksafe
 from forksafe import _drivers, _fork, _registry, _sessions
-from tests._forking import ChildFailed, run_in_child
+from tests._abandoned import (
+    abandoned_after,
+    abandoned_before,
+    assert_none_abandoned,
+    wait_sessions_gone,
+)
+from tests._forking import ChildFailed, fork_child, run_in_child, wait_child
+from tests._scripts import run_python
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -49,14 +58,20 @@ def test_child_orm_queries_get_a_session_of_their_own(keep_open: None, vendor: s
 
 def test_every_alias_is_detached_in_the_child(keep_open: None) -> None:
     parents = {alias: _sessions.backend_id(alias) for alias in ("default", "other")}
+    assert all(forksafe.stats()[alias]["open"] >= 1 for alias in parents)
 
-    def child() -> dict[str, int]:
-        return {alias: _sessions.backend_id(alias) for alias in ("default", "other")}
+    def child() -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+        inherited = forksafe.stats()  # right after the reset: nothing open, all detached
+        ids = {alias: _sessions.backend_id(alias) for alias in ("default", "other")}
+        return ids, inherited, forksafe.stats()
 
-    children = run_in_child(child)
+    children, inherited, after = run_in_child(child)
     for alias in parents:
         assert children[alias] != parents[alias]
         assert _sessions.backend_id(alias) == parents[alias]
+        assert inherited[alias]["open"] == 0, inherited
+        assert inherited[alias]["detached"] >= 1, inherited
+        assert after[alias]["open"] == 1, after  # the child's own, just opened
 
 
 def test_fork_inside_atomic_keeps_parent_transaction(keep_open: None, vendor: str) -> None:
@@ -105,7 +120,7 @@ def test_child_forked_inside_atomic_can_leave_the_block_and_query(keep_open: Non
             finally:
                 os.write(write_fd, f"child: {report};".encode())
                 os._exit(0)
-        os.waitpid(pid, 0)
+        assert wait_child(pid) == 0
     finally:
         outer.__exit__(None, None, None)
     os.close(write_fd)
@@ -179,17 +194,11 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
     try:
         for i in range(200):
             query = i % 10 == 0  # a querying child every 10th fork keeps the run short
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - child
-                code = 0
-                try:
-                    if query and _sessions.backend_id() == parent_backend:
-                        code = 3
-                except BaseException:
-                    code = 2
-                os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            if os.waitstatus_to_exitcode(status) != 0:
+
+            def child(query: bool = query) -> int:
+                return 3 if query and _sessions.backend_id() == parent_backend else 0
+
+            if fork_child(child, timeout=30) != 0:
                 child_errors += 1
     finally:
         stop.set()
@@ -202,12 +211,36 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
 
 
 def test_close_before_fork_closes_only_the_forking_threads_idle_connections() -> None:
+    """Another thread's connection stays open (and its session answers); calling it again is
+    harmless: nothing to close, the next query reconnects."""
     forksafe.install(close_before_fork=True)
     _sessions.backend_id()
-    assert connection.connection is not None
-    forksafe.prepare_fork()
-    assert connection.connection is None
-    forksafe.prepare_fork()  # repeated: harmless
+    opened, release = threading.Event(), threading.Event()
+    seen: list[tuple[int, int]] = []
+
+    def other_thread() -> None:
+        try:
+            before = _sessions.backend_id()
+            opened.set()
+            release.wait(30)
+            seen.append((before, _sessions.backend_id()))
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        assert opened.wait(30)
+        assert connection.connection is not None
+        forksafe.prepare_fork()
+        assert connection.connection is None
+        forksafe.prepare_fork()  # repeated
+        assert connection.connection is None
+    finally:
+        release.set()
+        thread.join(30)
+    assert len(seen) == 1 and seen[0][0] == seen[0][1], seen  # the other thread's session
+    assert _sessions.backend_id() > 0  # this thread reconnects
 
 
 def test_prepare_fork_leaves_in_memory_sqlite_alone(vendor: str) -> None:
@@ -308,11 +341,8 @@ def test_failing_detach_parks_the_connection_and_child_goes_on(keep_open: None) 
     wrapper.connection = Opaque()
     _registry.register(wrapper)
 
-    pid = os.fork()  # the hook runs in the child before anything else
-    if pid == 0:  # pragma: no cover - child
-        os._exit(0 if wrapper.connection is None else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    # The hook runs in the child before anything else.
+    assert fork_child(lambda: 0 if wrapper.connection is None else 1) == 0
 
     def child() -> tuple[bool, list[str]]:
         # Run the reset again, by hand, with a log handler attached.
@@ -348,6 +378,20 @@ def test_child_failure_is_reported_to_the_parent() -> None:
         run_in_child(child)
 
 
+def _hang() -> int:
+    time.sleep(60)
+    return 0
+
+
+def test_child_that_hangs_is_killed_at_its_deadline_and_fails_the_test() -> None:
+    start = time.monotonic()
+    with pytest.raises(ChildFailed, match=r"did not report within 1\.0 s: killed"):
+        run_in_child(_hang, timeout=1.0)
+    with pytest.raises(ChildFailed, match=r"still running after 1\.0 s: killed"):
+        fork_child(_hang, timeout=1.0)
+    assert time.monotonic() - start < 10
+
+
 def test_child_never_enters_a_shared_connection_busy_in_another_thread(
     keep_open: None, vendor: str
 ) -> None:
@@ -355,38 +399,122 @@ def test_child_never_enters_a_shared_connection_busy_in_another_thread(
     by a thread the child does not have: the child detaches it without entering it."""
     if vendor == "sqlite":
         pytest.skip("needs a server query that blocks")
-    sleep_sql = "SELECT pg_sleep(1.5)" if vendor == "postgresql" else "SELECT SLEEP(1.5)"
+    sleep_sql = "SELECT pg_sleep(3)" if vendor == "postgresql" else "SELECT SLEEP(3)"
     wrapper = connections.create_connection("default")
     wrapper.inc_thread_sharing()
     wrapper.ensure_connection()
-    started = threading.Event()
+    with wrapper.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_backend_pid()" if vendor == "postgresql" else "SELECT CONNECTION_ID()"
+        )
+        (session,) = cursor.fetchone()
+    errors: list[BaseException] = []
 
     def sleeper() -> None:
-        with wrapper.cursor() as cursor:
-            started.set()
-            cursor.execute(sleep_sql)
+        try:
+            with wrapper.cursor() as cursor:
+                cursor.execute(sleep_sql)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
 
     thread = threading.Thread(target=sleeper)
     thread.start()
-    started.wait(10)
-    time.sleep(0.3)  # the query is in flight: the driver holds its lock
+    # Fork only once the server shows the query running: the driver holds its lock.
+    wait_for_running_query(session)
     try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child: the hook ran (or hangs) before this
-            os._exit(0)
-        deadline = time.monotonic() + 10
-        status = None
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the child hung in the after-fork reset")
-        assert status is not None and os.waitstatus_to_exitcode(status) == 0
+        # The hook ran (or hangs: killed after 10 s, the test fails) before the body.
+        assert fork_child(lambda: 0, timeout=10) == 0
     finally:
-        thread.join(10)
+        thread.join(30)
         wrapper.dec_thread_sharing()
         wrapper.close()
+    assert errors == []  # the parent's query was not disturbed
+
+
+def wait_for_running_query(session: int, timeout: float = 10) -> None:
+    """Wait until the server shows ``session`` running a query (PostgreSQL ``active``,
+    MariaDB ``Query``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {s.id: s.state for s in _sessions.list_sessions() or []}
+        if found.get(session) in ("active", "Query"):
+            return
+        assert time.monotonic() < deadline, f"session {session} never ran its query: {found}"
+        time.sleep(0.02)
+
+
+# --- forking inside a transaction, plain Django vs forksafe (fresh interpreters) -----------
+
+
+def _transaction_fork(scenario: str, mode: str, url: str) -> dict[str, Any]:
+    result: dict[str, Any] = run_python("-m", "tests._transaction_fork", scenario, mode, url)
+    return result
+
+
+@pytest.mark.parametrize("mode", ["forksafe", "plain"])
+def test_fork_with_autocommit_off_keeps_the_parents_uncommitted_row_out_of_the_child(
+    db_url: str, vendor: str, mode: str
+) -> None:
+    """forksafe: a warning; the child neither sees nor commits the parent's row; the parent's
+    commit stores it once. Control (plain): the child shares the transaction and commits it."""
+    if vendor == "sqlite":
+        pytest.skip("SQLite: the child would wait for the parent's write lock")
+    res = _transaction_fork("autocommit_off", mode, db_url)
+    assert "error" not in res["child"], res
+    assert res["commit_error"] is None, res
+    if mode == "plain":
+        assert res["child"]["seen"] == ["parent"], res
+        assert res["visible_before_commit"] == ["child", "parent"], res
+        return
+    assert any("inside a transaction" in w for w in res["warnings"]), res
+    assert res["child"]["seen"] == [], res
+    assert res["visible_before_commit"] == ["child"], res  # the child committed its own only
+    assert res["rows"] == ["child", "parent"], res  # the parent's row exactly once
+
+
+@pytest.mark.parametrize("mode", ["forksafe", "plain"])
+def test_sqlite_parent_in_a_write_transaction_survives_a_child_that_exits_normally(
+    driver: str, tmp_path: Path, mode: str
+) -> None:
+    """forksafe parks the inherited handle, so the child's exit (which unwinds the atomic
+    block and finalizes the interpreter) cannot roll back or delete the parent's journal.
+    Control (plain): the parent's commit fails with "disk I/O error"."""
+    if driver != "sqlite3":
+        pytest.skip("runs once, in the sqlite3 run (a private SQLite file, no server)")
+    res = _transaction_fork("sqlite_write", mode, f"sqlite:///{tmp_path / 'write.sqlite3'}")
+    assert res["child_exit"] == 0, res
+    if mode == "plain":
+        assert res["commit_error"] is not None, res
+        return
+    assert res["commit_error"] is None, res
+    assert res["rows"] == ["after fork", "before fork"], res
+    assert res["integrity"] == "ok", res
+
+
+# --- the server's own count of sessions that ended without a goodbye ----------------------
+
+
+@pytest.mark.parametrize("close", [True, False], ids=["closes", "control-os-exit-holding"])
+def test_child_that_closes_its_session_is_not_counted_abandoned(
+    keep_open: None, vendor: str, close: bool
+) -> None:
+    """What every "closed at exit" assertion relies on: a child that closes its own session
+    before ``os._exit`` leaves the server's counter alone; the control, a child that exits
+    holding its session, moves it -- so the assertion can fail."""
+    if vendor == "sqlite":
+        pytest.skip("SQLite has no sessions to abandon")
+    _sessions.backend_id()  # the parent's session: inherited, detached in the child
+    before = abandoned_before(vendor)
+
+    def child() -> int:
+        backend = _sessions.backend_id()  # a session of the child's own
+        if close:
+            connections.close_all()
+        return backend
+
+    backend = run_in_child(child)  # the child ends with os._exit
+    wait_sessions_gone({backend})
+    if close:
+        assert_none_abandoned(before)
+    else:
+        assert before is not None and abandoned_after(before) == before + 1

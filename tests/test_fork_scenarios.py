@@ -73,10 +73,9 @@ def test_control_plain_django_child_close_all_kills_parent_session(
 
 
 def test_control_plain_django_child_shares_parent_session(db_url: str, vendor: str) -> None:
-    res = _scenarios.run("fork", db_url, exit_path="os_exit", mode="plain")
+    """A plain child that queries does so on the parent's session."""
     if vendor == "sqlite":
         pytest.skip("SQLite has no server session to share")
-    # os._exit sends nothing, but a querying child uses the parent's session:
     res = _scenarios.run("fork", db_url, exit_path="orm", mode="plain")
     if res["parent_error"] is None:
         assert res["child_own_session"] is False

@@ -12,12 +12,15 @@ import signal
 from collections.abc import Iterator
 
 import pytest
+from django.db import connection
 
 import forksafe.gunicorn
-from forksafe._sessions import settle_sessions
+from forksafe._sessions import backend_id, settle_sessions
+from tests._abandoned import assert_none_abandoned, settled_abandoned, wait_sessions_gone
 from tests._prefork import (
     WORKERS,
     assert_own_sessions,
+    backends_of,
     require_server,
     session_baseline,
     wait_for_new_workers,
@@ -36,12 +39,18 @@ def baseline(example_db: str) -> Iterator[int]:
     yield from session_baseline(example_db)
 
 
+@pytest.fixture
+def abandoned(example_db: str) -> int:
+    """The server's settled count of abandoned sessions before the test's server starts."""
+    return settled_abandoned()
+
+
 @pytest.mark.parametrize("forksafe_mode", ["1", "hook"])
 def test_preloaded_sync_workers_each_get_their_own_session(
-    example_db: str, baseline: int, forksafe_mode: str
+    example_db: str, baseline: int, abandoned: int, forksafe_mode: str
 ) -> None:
     """``1``: forksafe.install() in wsgi.py plus the conf hooks (no double work);
-    ``hook``: the gunicorn.conf.py hooks alone."""
+    ``hook``: the gunicorn.conf.py hooks alone. At stop every session says goodbye."""
     with Server("gunicorn", example_db, forksafe=forksafe_mode, processes=WORKERS) as server:
         result = fire(server.url, requests=1000, concurrency=32, timeout=10)
         assert_own_sessions(result, workers=WORKERS)
@@ -49,6 +58,8 @@ def test_preloaded_sync_workers_each_get_their_own_session(
         # The arbiter closed its session before forking: only the workers' remain.
         expected = baseline + WORKERS
         assert settle_sessions(expected) == expected, server.log()
+    wait_sessions_gone(result.backends)
+    assert_none_abandoned(abandoned)
 
 
 def test_gthread_workers_each_get_their_own_sessions(example_db: str) -> None:
@@ -59,19 +70,22 @@ def test_gthread_workers_each_get_their_own_sessions(example_db: str) -> None:
     assert all(len(b) <= 4 for b in result.backends_by_pid.values()), result.backends_by_pid
 
 
-def test_max_requests_recycling_does_not_pile_up_sessions(example_db: str, baseline: int) -> None:
+def test_max_requests_recycled_workers_close_their_sessions_cleanly(
+    example_db: str, abandoned: int
+) -> None:
     env = {"EXAMPLE_MAX_REQUESTS": "100"}
     with Server("gunicorn", example_db, processes=WORKERS, env=env) as server:
         result = fire(server.url, requests=600, concurrency=16, timeout=10)
         assert_own_sessions(result)
-        assert len(result.pids) > WORKERS, "no worker was recycled"
-        # A respawned worker that got no request yet has no session: at most this many.
-        expected = baseline + WORKERS
-        n = settle_sessions(expected, timeout=5)
-        assert n is not None and n <= expected, server.log()
+        recycled = result.pids - set(server.children())
+        assert recycled, "no worker was recycled"
+        wait_sessions_gone(backends_of(result, recycled))
+        assert_none_abandoned(abandoned)
 
 
-def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int) -> None:
+def test_graceful_reload_closes_the_old_workers_sessions_cleanly(
+    example_db: str, abandoned: int
+) -> None:
     with Server("gunicorn", example_db, processes=WORKERS) as server:
         before = fire(server.url, requests=200, concurrency=16)
         assert_own_sessions(before, workers=WORKERS)
@@ -80,17 +94,34 @@ def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int
         after = fire(server.url, requests=400, concurrency=16)
         assert_own_sessions(after)
         assert not after.pids & before.pids
-        expected = baseline + WORKERS
-        n = settle_sessions(expected, timeout=5)
-        assert n is not None and n <= expected, server.log()
+        wait_sessions_gone(backends_of(before, before.pids))
+        assert_none_abandoned(abandoned)
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_install_in_wsgi_py_alone_gives_preloaded_workers_their_own_sessions(
+    example_db: str, abandoned: int, worker_class: str
+) -> None:
+    """What the README promises: ``forksafe.install()`` in wsgi.py is enough for gunicorn
+    (``EXAMPLE_FORKSAFE=wsgi``: no pre_fork/post_fork hooks in gunicorn.conf.py)."""
+    env = {"EXAMPLE_WORKER_CLASS": worker_class}
+    with Server("gunicorn", example_db, forksafe="wsgi", processes=2, env=env) as server:
+        result = fire(server.url, requests=200, concurrency=8, timeout=10)
+    assert_own_sessions(result, workers=2)
+    wait_sessions_gone(result.backends)
+    assert_none_abandoned(abandoned)  # the workers' exit said goodbye for every session
 
 
 def test_control_plain_django_workers_share_the_arbiter_session(
     example_db: str, baseline: int
 ) -> None:
-    """Without forksafe the problem is real: preloaded workers use the arbiter's session."""
-    with Server("gunicorn", example_db, forksafe="0", processes=WORKERS) as server:
-        result = fire(server.url, requests=200, concurrency=16, timeout=3)
+    """Without forksafe the problem is real: preloaded sync workers use the arbiter's session.
+
+    (gthread workers run requests in threads of their own, which open their own sessions:
+    there plain Django shares the arbiter's session in the workers' main thread only.)
+    """
+    with Server("gunicorn", example_db, forksafe="0", processes=2) as server:
+        result = fire(server.url, requests=100, concurrency=8, timeout=3)
     assert result.on_loader_session > 0 or result.errors, result.summary()
 
 
@@ -104,5 +135,9 @@ def test_gunicorn_accepts_the_hooks_in_its_configuration(hook: str) -> None:
 
 
 def test_post_fork_with_gunicorn_arguments_in_a_process_that_did_not_fork_does_nothing() -> None:
+    """This process's connection and its session survive (a reset would drop them)."""
+    mine = backend_id()
     forksafe.gunicorn.post_fork(object(), object())
     forksafe.gunicorn.post_fork(server=object(), worker=object())
+    assert connection.connection is not None
+    assert backend_id() == mine

@@ -29,6 +29,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 import forksafe
 from forksafe._sessions import backend_id, count_sessions, quiet_sessions, settle_sessions
 from forksafe.demo import _scenarios
+from tests._abandoned import abandoned_before, assert_none_abandoned
+from tests._scripts import run_python
 from tests.testapp.models import Item
 
 N_THREADS = 20
@@ -76,6 +78,12 @@ def server_sessions() -> int:
     return n
 
 
+def open_connections() -> dict[str, int]:
+    """``forksafe.stats()``'s ``open`` count of the aliases the thread bodies use."""
+    stats = forksafe.stats()
+    return {alias: stats.get(alias, {"open": 0})["open"] for alias in ("default", "other")}
+
+
 def query_and_keep_wrapper(found: list[BaseDatabaseWrapper]) -> None:
     """A thread body: one query on each alias; remember the wrappers to inspect them later."""
     backend_id("default")
@@ -99,8 +107,10 @@ def run_threads(thread_class: type[threading.Thread], n: int) -> list[BaseDataba
 def test_control_plain_threads_leave_their_sessions_open(vendor: str, no_gc: None) -> None:
     """Without forksafe, finished threads keep their connections until the GC runs."""
     before = sessions(vendor)
+    open_before = open_connections()
     found = run_threads(threading.Thread, N_THREADS)
     assert all(w.connection is not None for w in found)
+    assert open_connections() == {a: n + N_THREADS for a, n in open_before.items()}
     if before is not None:
         assert sessions(vendor) == before + 2 * N_THREADS
     del found
@@ -111,11 +121,15 @@ def test_control_plain_threads_leave_their_sessions_open(vendor: str, no_gc: Non
 
 def test_threads_close_every_alias_when_they_end_without_gc(vendor: str, no_gc: None) -> None:
     before = sessions(vendor)
+    abandoned = abandoned_before(vendor)
+    open_before = open_connections()
     found = run_threads(forksafe.Thread, N_THREADS)
     assert len(found) == 2 * N_THREADS
     assert all(w.connection is None for w in found)
+    assert open_connections() == open_before  # forksafe's own count agrees
     if before is not None:
         assert settle_sessions(before) == before
+    assert_none_abandoned(abandoned)  # closed, each with a goodbye
 
 
 def test_thread_whose_run_raises_still_closes_its_connections(
@@ -308,14 +322,26 @@ def test_executor_closes_its_sessions_at_interpreter_exit(vendor: str) -> None:
     assert "Exception ignored" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("conn_max_age", [None], indirect=True)
-def test_done_callback_on_a_finished_future_keeps_the_callers_connection(
-    conn_max_age: None,
+@pytest.mark.parametrize("conn_max_age", [0], indirect=True)
+def test_executor_closes_in_the_worker_before_the_future_completes_never_in_the_caller(
+    vendor: str, conn_max_age: None
 ) -> None:
+    """``CONN_MAX_AGE=0``: the worker closes its connection after the task, in the worker,
+    before the result is set -- nothing runs in the caller's thread, so a done callback on a
+    finished future (which runs in the caller) leaves the caller's connection alone.
+    Without forksafe the worker's connection stays open; see the control below for the
+    done-callback way of closing it."""
     my_backend = backend_id()
+
+    def task() -> BaseDatabaseWrapper:
+        backend_id()
+        return connections["default"]
+
     with forksafe.ThreadPoolExecutor(max_workers=2) as executor:
-        future = executor.submit(worker_view)
-        future.result()
+        future = executor.submit(task)
+        worker_wrapper = future.result()
+        assert worker_wrapper is not connection
+        assert worker_wrapper.connection is None  # closed before the result was set
         called: list[bool] = []
         future.add_done_callback(lambda f: called.append(True))  # runs here, right now
         assert called == [True]
@@ -328,28 +354,34 @@ def close_all_callback(future: Future[Any]) -> None:
 
 
 class CopiedDbSafeThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The widely copied helper, bugs included (for the control test only)."""
+    """The widely copied helper: it closes connections in a done callback."""
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         future = super().submit(fn, *args, **kwargs)
         # Runs in the submitting thread when the task already finished.
         future.add_done_callback(close_all_callback)
-        # The original forgets to return the future.
+        return future
 
 
-def test_control_copied_helper_loses_the_future_and_closes_the_callers_connection(
-    vendor: str,
+def test_control_done_callback_clean_up_closes_the_callers_connection_when_the_task_won(
+    vendor: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The copied helper's clean-up is a done callback; when the task finishes before
+    ``add_done_callback`` runs (a fast task), the callback runs in the caller's thread and
+    closes the caller's connection. The race is taken out: the helper's own submit() on an
+    executor whose task is already done (the standard submit() returns a finished Future)."""
     if vendor == "sqlite":
         pytest.skip("needs a server session to compare")
     my_backend = backend_id()
-    with CopiedDbSafeThreadPoolExecutor(max_workers=1) as executor:
-        assert executor.submit(int) is None
-    # When the task wins the race against the helper's add_done_callback (a fast
-    # task), the helper's callback runs right here -- shown without the race:
     finished: Future[int] = Future()
     finished.set_result(0)
-    finished.add_done_callback(close_all_callback)
+    with CopiedDbSafeThreadPoolExecutor(max_workers=1) as executor:
+        # What super().submit() returns when the worker was faster than the caller.
+        monkeypatch.setattr(
+            concurrent.futures.ThreadPoolExecutor, "submit", lambda *args, **kw: finished
+        )
+        assert executor.submit(int) is finished
+        monkeypatch.undo()
     assert connection.connection is None
     assert backend_id() != my_backend
 
@@ -414,21 +446,30 @@ def test_task_that_breaks_its_transaction_and_raises_does_not_break_the_next_tas
     assert (in_atomic, autocommit, count) == (False, True, 1)
 
 
+def age_out(_: object = None) -> None:
+    """A task: make this worker's connection as old as ``CONN_MAX_AGE`` allows, deterministically
+    (Django closes it once ``time.monotonic()`` reaches ``close_at``)."""
+    conn = connections["default"]
+    if conn.close_at is not None:
+        conn.close_at = time.monotonic()
+
+
 @pytest.mark.parametrize(
     ("conn_max_age", "same_session_now", "same_session_later"),
-    [(0, False, False), (None, True, True), (1, True, False)],
+    [(0, False, False), (None, True, True), (60, True, False)],
     indirect=["conn_max_age"],
 )
 def test_conn_max_age_applies_between_tasks_as_between_requests(
     vendor: str, conn_max_age: None, same_session_now: bool, same_session_later: bool
 ) -> None:
-    """``0``: close after each task; ``None``: keep; seconds: keep until that age."""
+    """``0``: close after each task; ``None``: keep; seconds: keep until that age (reached
+    here by moving Django's ``close_at`` to now instead of sleeping: no timing)."""
     if vendor == "sqlite":
         pytest.skip("SQLite handles are not server sessions")
     with forksafe.ThreadPoolExecutor(max_workers=1) as executor:
         first = executor.submit(worker_view).result()[1]
         now = executor.submit(worker_view).result()[1]
-        time.sleep(1.1)
+        executor.submit(age_out).result()
         later = executor.submit(worker_view).result()[1]
     assert (first == now) is same_session_now
     assert (now == later) is same_session_later
@@ -572,13 +613,33 @@ def test_install_threads_closes_raw_thread_connections(
         assert settle_sessions(before) == before
 
 
-def test_install_threads_is_off_by_default_and_can_be_switched_off(
-    vendor: str, no_gc: None
-) -> None:
+def test_install_threads_can_be_switched_off(vendor: str, no_gc: None) -> None:
     forksafe.install(threads=True)
     forksafe.install(threads=False)
     found = run_threads(threading.Thread, 2)
     assert all(w.connection is not None for w in found)
+    connections.close_all()
+    del found
+
+
+def test_install_threads_is_off_by_default() -> None:
+    """A fresh interpreter: ``install()`` without ``threads`` leaves a plain thread's
+    connection open when the thread ends (the control for install(threads=True))."""
+    script = (
+        "import gc, json, threading, django, forksafe\n"
+        "gc.disable()\n"
+        "forksafe.install()\n"
+        "django.setup()\n"
+        "from django.db import connections\n"
+        "found = []\n"
+        "def body():\n"
+        "    connections['default'].ensure_connection()\n"
+        "    found.append(connections['default'])\n"
+        "t = threading.Thread(target=body); t.start(); t.join()\n"
+        "print(json.dumps(found[0].connection is not None))\n"
+        "del found; gc.collect()\n"
+    )
+    assert run_python("-c", script) is True
 
 
 def test_install_threads_does_not_close_the_main_threads_connection(

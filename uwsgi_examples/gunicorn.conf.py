@@ -24,8 +24,9 @@ graceful_timeout = 10
 max_requests = int(os.environ.get("EXAMPLE_MAX_REQUESTS", "0"))
 max_requests_jitter = max_requests // 5
 
-if os.environ.get("EXAMPLE_FORKSAFE", "1") != "0":
+if os.environ.get("EXAMPLE_FORKSAFE", "1") in ("1", "hook"):
     # With forksafe.install() in wsgi.py these find nothing left to do; with
-    # EXAMPLE_FORKSAFE=hook they are all there is.
+    # EXAMPLE_FORKSAFE=hook they are all there is; EXAMPLE_FORKSAFE=wsgi leaves them out
+    # (install() in wsgi.py alone).
     pre_fork = forksafe.gunicorn.pre_fork
     post_fork = forksafe.gunicorn.post_fork

@@ -92,7 +92,8 @@ def get(url: str, timeout: float = 10.0) -> dict[str, Any]:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
-        conn.request("GET", parts.path or "/", headers={"Connection": "close"})
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET", target, headers={"Connection": "close"})
         resp = conn.getresponse()
         body = resp.read()
         if resp.status != 200:

@@ -53,6 +53,7 @@ DEFAULT_DATABASE = f"sqlite:///{HERE / 'example.sqlite3'}"
 __all__ = [
     "ASGI_CONFIGS",
     "CONFIGS",
+    "PortInUse",
     "Server",
     "binary",
     "command",
@@ -83,8 +84,21 @@ def missing(name: str) -> str | None:
     return None
 
 
+class PortInUse(RuntimeError):
+    """The server could not bind its port: some other process took it first."""
+
+
+# What uWSGI, gunicorn, uvicorn and daphne print when the port is taken (lower-cased).
+_IN_USE_MESSAGES = ("address already in use", "connection in use")
+
+
+def _port_in_use(log: str) -> bool:
+    text = log.lower()
+    return any(message in text for message in _IN_USE_MESSAGES)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (it may be taken next)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -186,52 +200,89 @@ class Server:
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
         self.config = config
-        self.cmd = command(config, processes=processes, extra=extra, port=self.port)
-        self.env = environment(database_url, self.port, forksafe=forksafe, **(env or {}))
+        self._command = (processes, extra)
+        self._database_url = database_url
+        self._forksafe = forksafe
+        self._extra_env = env or {}
+        self._pick_port()
         # Readable after stop() too; an anonymous file, gone with this object.
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> Server:
-        """Start it and wait until it answers (``RuntimeError`` with its log if it never does)."""
-        self.proc = subprocess.Popen(
-            self.cmd,
-            cwd=HERE,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    def _pick_port(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        processes, extra = self._command
+        self.cmd = command(self.config, processes=processes, extra=extra, port=self.port)
+        self.env = environment(
+            self._database_url, self.port, forksafe=self._forksafe, **self._extra_env
         )
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            # ``with Server(...)`` never reaches __exit__ when __enter__ raises: stop the
-            # whole process group here, or a half-started master keeps running (and keeps
-            # its database session) after the test.
-            self.stop()
-            raise
-        return self
+
+    def start(self, timeout: float = 60.0, attempts: int = 5) -> Server:
+        """Start it and wait until it answers (``RuntimeError`` with its log if it never does).
+
+        :func:`free_port` can only say the port was free a moment ago: when some
+        other process took it meanwhile, the server cannot bind it and starts
+        again on another port (``attempts`` times at most).
+        """
+        for attempt in range(1, attempts + 1):
+            self._log.seek(0)
+            self._log.truncate()
+            self.proc = subprocess.Popen(
+                self.cmd,
+                cwd=HERE,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                self.wait_ready(timeout)
+                return self
+            except PortInUse:
+                self.stop()
+                if attempt == attempts:
+                    raise
+                self._pick_port()
+            except BaseException:
+                # ``with Server(...)`` never reaches __exit__ when __enter__ raises: stop the
+                # whole process group here, or a half-started master keeps running (and keeps
+                # its database session) after the test.
+                self.stop()
+                raise
+        raise AssertionError("not reached")
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until a request gets an answer."""
+        """Wait until one of this server's processes answers a request.
+
+        An answer from another process (another server that got the port first)
+        does not count; the server saying it cannot bind raises :class:`PortInUse`.
+        """
         from uwsgi_examples.load import get
 
         assert self.proc is not None
         deadline = time.monotonic() + timeout
+        last = "no answer"
         while True:
             if self.proc.poll() is not None:
+                if _port_in_use(self.log()):
+                    raise PortInUse(f"port {self.port} is taken:\n{self.log()}")
                 raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.log()}")
+            if _port_in_use(self.log()):
+                raise PortInUse(f"port {self.port} is taken:\n{self.log()}")
             try:
-                get(self.url, timeout=5)
-                return
-            except OSError:
-                pass
+                pid = get(self.url, timeout=5).get("pid")
+                if pid == self.pid or pid in self.children():
+                    return
+                last = f"answered by pid {pid}, not one of this server's processes"
+            except (OSError, ValueError, RuntimeError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not answer in {timeout} s:\n{self.log()}")
+                raise RuntimeError(
+                    f"the server did not answer in {timeout} s ({last}):\n{self.log()}"
+                )
             time.sleep(0.1)
 
     @property
@@ -250,9 +301,11 @@ class Server:
 
     def log(self) -> str:
         """Everything the server printed so far (the last 20,000 characters)."""
-        self._log.flush()
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-20000:]
+        # pread: the server's processes write through the same file offset; never move it.
+        fd = self._log.fileno()
+        size = os.fstat(fd).st_size
+        start = max(0, size - 80000)
+        return os.pread(fd, size - start, start).decode(errors="replace")[-20000:]
 
     @property
     def graceful_signal(self) -> int:

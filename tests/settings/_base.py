@@ -16,7 +16,12 @@ POSTGRES_URL = os.environ.get(
     "FORKSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 MYSQL_URL = os.environ.get("FORKSAFE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
-SQLITE_PATH = os.path.join(tempfile.gettempdir(), f"forksafe-tests-{os.getuid()}.sqlite3")
+# One file per test run: runs at the same time (other checkouts, other users of the
+# machine) must not drop each other's tables. conftest.py sets the variable once per run,
+# so the run's subprocesses (spawn workers, scripts) open the same file.
+SQLITE_PATH = os.environ.get("FORKSAFE_TEST_SQLITE_PATH") or os.path.join(
+    tempfile.gettempdir(), f"forksafe-tests-{os.getpid()}.sqlite3"
+)
 
 
 def url_for(driver: str) -> str:

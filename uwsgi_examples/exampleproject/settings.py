@@ -35,7 +35,11 @@ SECRET_KEY = "forksafe-example-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
-if os.environ.get("EXAMPLE_ASGI") == "1" and os.environ.get("EXAMPLE_FORKSAFE", "1") == "1":
+if os.environ.get("EXAMPLE_FORKSAFE_APP") == "1":
+    # The app's ready() installs forksafe and logs the server checks (W003 under uWSGI).
+    INSTALLED_APPS.append("forksafe")
+    FORKSAFE = {"THREADS": True}
+elif os.environ.get("EXAMPLE_ASGI") == "1" and os.environ.get("EXAMPLE_FORKSAFE", "1") == "1":
     INSTALLED_APPS.append("forksafe")
     if os.environ.get("EXAMPLE_FORKSAFE_THREADS") in ("0", "1"):
         FORKSAFE = {"THREADS": os.environ["EXAMPLE_FORKSAFE_THREADS"] == "1"}

@@ -2,8 +2,12 @@
 
 Environment variables (all optional):
 
-* ``EXAMPLE_FORKSAFE``: ``1`` (default) calls ``forksafe.install()``; ``0`` runs plain
-  Django (the control); ``hook`` leaves it to the server hooks alone (gunicorn.conf.py).
+* ``EXAMPLE_FORKSAFE``: ``1`` (default) calls ``forksafe.install()`` (and gunicorn.conf.py
+  adds forksafe's server hooks too); ``wsgi`` calls ``install()`` in wsgi.py only, with no
+  server hooks (what the README says is enough for gunicorn); ``hook`` leaves it to the
+  gunicorn.conf.py hooks alone; ``0`` runs plain Django (the control).
+* ``EXAMPLE_FORKSAFE_APP``: ``1`` adds ``"forksafe"`` to ``INSTALLED_APPS`` with
+  ``FORKSAFE = {"THREADS": True}`` (its ``ready()`` logs the uWSGI checks, W003).
 * ``EXAMPLE_USER_HOOK``: ``decorator-before`` / ``decorator-after`` register a
   ``@uwsgidecorators.postfork`` hook that queries the database, before / after
   ``forksafe.install()``; ``raw-before`` assigns ``uwsgi.post_fork_hook`` by hand first.
@@ -55,7 +59,7 @@ def register_user_hook(when: str) -> None:
 
 def install_forksafe() -> None:
     """``forksafe.install()`` unless ``EXAMPLE_FORKSAFE`` says otherwise."""
-    if os.environ.get("EXAMPLE_FORKSAFE", "1") == "1":
+    if os.environ.get("EXAMPLE_FORKSAFE", "1") in ("1", "wsgi"):
         import forksafe
 
         forksafe.install()

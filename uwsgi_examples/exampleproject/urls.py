@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.urls import path
 from exampleproject.views import (
     enqueue,
+    sleep,
+    ticks,
     whoami,
     whoami_async,
     whoami_async_unsafe,
@@ -17,4 +19,6 @@ urlpatterns = [
     path("async-unsafe", whoami_async_unsafe),
     path("to-thread", whoami_to_thread),
     path("spool", enqueue),
+    path("sleep", sleep),
+    path("ticks", ticks),
 ]

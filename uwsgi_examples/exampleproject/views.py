@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -78,3 +79,42 @@ def enqueue(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": "no spooler"}, status=404)
     startup.SPOOL_TASK.spool({})
     return JsonResponse({"queued": True, "pid": os.getpid()})
+
+
+def sleep(request: HttpRequest) -> JsonResponse:
+    """Hold this worker's session in a server-side sleep of ``?seconds=`` (harakiri tests)."""
+    seconds = float(request.GET.get("seconds", "1"))
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_sleep(%s)", [seconds])
+        elif connection.vendor == "mysql":
+            cursor.execute("SELECT SLEEP(%s)", [seconds])
+        else:
+            time.sleep(seconds)
+    return JsonResponse({"pid": os.getpid(), "slept": seconds})
+
+
+_TICKS = [0]
+_TICKER_LOCK = threading.Lock()
+_ticker: threading.Thread | None = None
+
+
+def _tick() -> None:
+    while True:
+        time.sleep(0.01)
+        _TICKS[0] += 1
+
+
+def ticks(request: HttpRequest) -> JsonResponse:
+    """How often a background thread (started on the first call) has ticked, every 10 ms.
+
+    Read first thing, so the count says what the thread did *between* requests: under
+    uWSGI without ``enable-threads`` it does nothing there.
+    """
+    global _ticker
+    now = _TICKS[0]
+    with _TICKER_LOCK:
+        if _ticker is None:
+            _ticker = threading.Thread(target=_tick, daemon=True)
+            _ticker.start()
+    return JsonResponse({"pid": os.getpid(), "ticks": now})

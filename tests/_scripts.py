@@ -1,0 +1,31 @@
+"""Run Python in a fresh interpreter (no ``forksafe.install()`` unless it calls it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Any:
+    """``python ARGS`` from the repository root (``env`` added to this environment); its
+    last stdout line, parsed as JSON.
+
+    Fails the test (with the script's stderr) when it exits non-zero or prints nothing.
+    """
+    proc = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        cwd=ROOT,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    return json.loads(lines[-1])
