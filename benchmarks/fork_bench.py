@@ -33,11 +33,11 @@ ALIASES = ("default", "a2", "a3", "a4")
 def _inner(database: str, mode: str, forks: int) -> list[float]:
     from django.conf import settings
 
-    from forksafe import _scenarios
+    from forksafe import _sessions, _urls
 
-    _, driver = _scenarios.split_url(database)
-    _scenarios.select_driver(driver)
-    db = _scenarios.database_settings(database)
+    _, driver = _urls.split_url(database)
+    _urls.select_driver(driver)
+    db = _urls.database_settings(database)
     settings.configure(DATABASES={alias: dict(db) for alias in ALIASES}, USE_TZ=True)
     if mode != "plain":
         import forksafe
@@ -47,12 +47,12 @@ def _inner(database: str, mode: str, forks: int) -> list[float]:
 
     django.setup()
     for alias in ALIASES:
-        _scenarios.backend_id(alias)
+        _sessions.backend_id(alias)
     times = []
     for _ in range(forks):
         start = time.perf_counter()
         for alias in ALIASES:
-            _scenarios.backend_id(alias)
+            _sessions.backend_id(alias)
         pid = os.fork()
         if pid == 0:
             os._exit(0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from forksafe._scenarios import database_settings
+from forksafe._urls import database_settings
 from tests.settings._base import MYSQL_URL, POSTGRES_URL
 
 
