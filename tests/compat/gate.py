@@ -35,9 +35,14 @@ from tests.compat.runner import REPORT_ENV
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ("postgresql", "mysql")
 URL_ENV = {"postgresql": "FORKSAFE_TEST_POSTGRES_URL", "mysql": "FORKSAFE_TEST_MYSQL_URL"}
-# Django's labels that open connections in threads, forks (--parallel), servers and
-# transactions -- what forksafe changes -- plus basic model use.
+# Django's labels that open connections in threads, forks (--parallel), live servers, the
+# ASGI handler's executors and transactions -- what forksafe changes -- on both aliases, the
+# database cache and sessions, plus basic model use.
 LABELS = (
+    "asgi",
+    "cache",
+    "multiple_database",
+    "sessions_tests",
     "backends",
     "transactions",
     "transaction_hooks",
