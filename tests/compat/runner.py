@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import unittest
 from typing import Any
 
@@ -24,11 +25,20 @@ def server_version() -> str:
     return f"{connection.vendor} {version}"
 
 
+def test_id(test: unittest.TestCase) -> str:
+    """``test.id()`` comparable across runs.
+
+    A subtest's id shows its parameters, and the repr of an object parameter has
+    its address (``<object object at 0x7f01fa9efe10>``), different in every process.
+    """
+    return re.sub(r" at 0x[0-9a-fA-F]+>", " at 0x...>", test.id())
+
+
 def failures_of(result: unittest.TestResult) -> dict[str, str]:
     """Test id -> formatted traceback, for every failure, error and unexpected success."""
-    failed = {test.id(): text for test, text in (*result.errors, *result.failures)}
+    failed = {test_id(test): text for test, text in (*result.errors, *result.failures)}
     for test in result.unexpectedSuccesses:
-        failed[test.id()] = "unexpected success"
+        failed[test_id(test)] = "unexpected success"
     return failed
 
 
