@@ -18,14 +18,11 @@ REPORT_ENV = "FORKSAFE_COMPAT_REPORT"
 
 def server_version() -> str:
     """The database server of ``default``, e.g. ``postgresql 150020``."""
-    version: object = {
-        "postgresql": lambda: getattr(connection, "pg_version", None),
-        "mysql": lambda: getattr(connection, "mysql_server_info", None),
-    }.get(connection.vendor, lambda: None)()
-    return f"{connection.vendor} {version}"
+    attribute = {"postgresql": "pg_version", "mysql": "mysql_server_info"}[connection.vendor]
+    return f"{connection.vendor} {getattr(connection, attribute)}"
 
 
-def test_id(test: unittest.TestCase) -> str:
+def comparable_id(test: unittest.TestCase) -> str:
     """``test.id()`` comparable across runs.
 
     A subtest's id shows its parameters, and the repr of an object parameter has
@@ -36,9 +33,9 @@ def test_id(test: unittest.TestCase) -> str:
 
 def failures_of(result: unittest.TestResult) -> dict[str, str]:
     """Test id -> formatted traceback, for every failure, error and unexpected success."""
-    failed = {test_id(test): text for test, text in (*result.errors, *result.failures)}
+    failed = {comparable_id(test): text for test, text in (*result.errors, *result.failures)}
     for test in result.unexpectedSuccesses:
-        failed[test_id(test)] = "unexpected success"
+        failed[comparable_id(test)] = "unexpected success"
     return failed
 
 
