@@ -1,6 +1,8 @@
 """Test matrix: Python x Django, each against every driver (one pytest run per settings module).
 
 ``nox -t ci`` is what ``python3 dev.py test`` and CI run; plain ``nox`` runs the whole matrix.
+``nox -t compat`` runs Django's own test-suite with forksafe installed (``tests/compat``), one
+session per row; CI runs the row marked in ``MATRIX``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ nox.options.reuse_existing_virtualenvs = True
 
 DRIVERS = ("sqlite3", "psycopg", "psycopg2", "mysqlclient", "pymysql")
 MATRIX = [
-    # (python, django, in CI)
-    ("3.11", "4.2", False),
-    ("3.11", "5.2", True),
-    ("3.12", "5.2", False),
-    ("3.13", "6.1", True),
+    # (python, django, tests in CI, compat gate in CI)
+    ("3.11", "4.2", False, False),
+    ("3.11", "5.2", True, True),
+    ("3.12", "5.2", False, False),
+    ("3.13", "6.1", True, False),
 ]
 DJANGO_SPECS = {"4.2": "Django~=4.2.0", "5.2": "Django~=5.2.0", "6.1": "Django~=6.1.0"}
 
@@ -52,13 +54,30 @@ def _tests(session: nox.Session, django: str) -> None:
         session.error(f"tests failed for: {', '.join(failed)}")
 
 
-for _python, _django, _ci in MATRIX:
+def _compat(session: nox.Session, django: str) -> None:
+    """Django's own tests with and without forksafe (``python -m tests.compat.gate``)."""
+    session.install("-e", ".[compat]", DJANGO_SPECS[django])
+    # posargs: servers (postgresql, mysql), --labels ..., --all, --fresh-baseline.
+    cache = session.cache_dir / "compat"
+    session.run("python", "-m", "tests.compat.gate", "--cache", str(cache), *session.posargs)
+
+
+for _python, _django, _ci, _compat_ci in MATRIX:
 
     def _session(session: nox.Session, django: str = _django) -> None:
         _tests(session, django)
+
+    def _compat_session(session: nox.Session, django: str = _django) -> None:
+        """Django's own test-suite with forksafe.install(threads=True) (tests/compat)."""
+        _compat(session, django)
 
     nox.session(
         python=_python,
         name=f"tests-{_python}-django{_django}",
         tags=["ci", "tests"] if _ci else ["tests"],
     )(_session)
+    nox.session(
+        python=_python,
+        name=f"compat-{_python}-django{_django}",
+        tags=["ci", "compat"] if _compat_ci else ["compat"],
+    )(_compat_session)
