@@ -455,8 +455,8 @@ def _transaction_fork(scenario: str, mode: str, url: str) -> dict[str, Any]:
 def test_fork_with_autocommit_off_keeps_the_parents_uncommitted_row_out_of_the_child(
     db_url: str, vendor: str, mode: str
 ) -> None:
-    """forksafe: a warning; the child neither sees nor commits the parent's row; the parent's
-    commit stores it once. Control (plain): the child shares the transaction and commits it."""
+    """forksafe: the child neither sees nor commits the parent's row; the parent's commit
+    stores it once. Control (plain): the child shares the transaction and commits it."""
     if vendor == "sqlite":
         pytest.skip("SQLite: the child would wait for the parent's write lock")
     res = _transaction_fork("autocommit_off", mode, db_url)
@@ -466,7 +466,8 @@ def test_fork_with_autocommit_off_keeps_the_parents_uncommitted_row_out_of_the_c
         assert res["child"]["seen"] == ["parent"], res
         assert res["visible_before_commit"] == ["child", "parent"], res
         return
-    assert any("inside a transaction" in w for w in res["warnings"]), res
+    # os.fork() closes nothing by default, so nothing is left open "on purpose": no warning.
+    assert not any("inside a transaction" in w for w in res["warnings"]), res
     assert res["child"]["seen"] == [], res
     assert res["visible_before_commit"] == ["child"], res  # the child committed its own only
     assert res["rows"] == ["child", "parent"], res  # the parent's row exactly once
