@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from django.urls import path
-from exampleproject.views import enqueue, whoami
+from exampleproject.views import collect, enqueue, whoami
 
-urlpatterns = [path("", whoami), path("spool", enqueue)]
+urlpatterns = [path("", whoami), path("spool", enqueue), path("collect", collect)]

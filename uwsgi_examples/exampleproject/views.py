@@ -1,7 +1,8 @@
-"""The example's only view: ORM queries, and which process and server session ran them."""
+"""The example's views: ORM queries, and which process and server session ran them."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.contrib.auth.models import Group
@@ -38,6 +39,7 @@ def whoami(request: HttpRequest) -> JsonResponse:
             "loader_backend": STATE.get("loader_backend"),
             "postfork_pid": STATE.get("postfork_pid"),
             "postfork_backend": STATE.get("postfork_backend"),
+            "frozen": gc.get_freeze_count(),
         }
     )
 
@@ -48,3 +50,8 @@ def enqueue(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": "no spooler"}, status=404)
     startup.SPOOL_TASK.spool({})
     return JsonResponse({"queued": True, "pid": os.getpid()})
+
+
+def collect(request: HttpRequest) -> JsonResponse:
+    """Run a full garbage collection in this worker, as a long-running worker eventually does."""
+    return JsonResponse({"pid": os.getpid(), "collected": gc.collect()})
