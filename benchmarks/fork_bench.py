@@ -47,11 +47,11 @@ ALIASES = ("default", "a2", "a3", "a4")
 def _inner(database: str, mode: str, forks: int) -> dict[str, list[float]]:
     from django.conf import settings
 
-    from forksafe import _scenarios
+    from forksafe import _sessions, _urls
 
-    _, driver = _scenarios.split_url(database)
-    _scenarios.select_driver(driver)
-    db = _scenarios.database_settings(database)
+    _, driver = _urls.split_url(database)
+    _urls.select_driver(driver)
+    db = _urls.database_settings(database)
     settings.configure(DATABASES={alias: dict(db) for alias in ALIASES}, USE_TZ=True)
 
     # Hooks run in registration order in the child: the marks bracket forksafe's hook.
@@ -76,13 +76,13 @@ def _inner(database: str, mode: str, forks: int) -> dict[str, list[float]]:
 
     django.setup()
     for alias in ALIASES:
-        _scenarios.backend_id(alias)
+        _sessions.backend_id(alias)
     read_end, write_end = os.pipe()
     times, reset_ns, faults = [], [], []
     for _ in range(forks):
         start = time.perf_counter()
         for alias in ALIASES:
-            _scenarios.backend_id(alias)
+            _sessions.backend_id(alias)
         pid = os.fork()
         if pid == 0:
             os.write(write_end, f"{marks[2] - marks[1]} {marks[3] - marks[0]}\n".encode())

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from forksafe import _scenarios
+from forksafe import _sessions, _urls
 
 
 def tiny_task(i: int) -> int:
@@ -47,7 +47,7 @@ def _time_map(make_pool: Callable[[], Any], task: Callable[[int], int], n: int) 
     """Wall time of creating the pool, mapping ``n`` tasks, close() and join()."""
     from django.db import connections
 
-    _scenarios.backend_id()  # the parent has used the DB
+    _sessions.backend_id()  # the parent has used the DB
     connections.close_all()  # fair to the standard library pool (see the module docs)
     start = time.perf_counter()
     pool = make_pool()
@@ -63,13 +63,13 @@ def _peak_sessions(url: str, processes: int) -> tuple[int | None, int | None, in
     """Baseline, peak during a forksafe map, and count after join() (None on SQLite)."""
     import forksafe
 
-    baseline = _scenarios.count_sessions(url)
+    baseline = _sessions.count_sessions()
     peak: list[int] = []
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            n = _scenarios.count_sessions(url)
+            n = _sessions.count_sessions()
             if n is not None:
                 peak.append(n)
             time.sleep(0.01)
@@ -83,7 +83,7 @@ def _peak_sessions(url: str, processes: int) -> tuple[int | None, int | None, in
     sampler.join()
     pool.close()
     pool.join()
-    after = _scenarios.settle_sessions(url, baseline)
+    after = _sessions.settle_sessions(baseline)
     return baseline, max(peak) if peak else None, after
 
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=4)
     args = parser.parse_args(argv)
 
-    _scenarios.configure_django(args.database)
+    _urls.configure_django(args.database)
     import django
 
     django.setup()

@@ -56,12 +56,12 @@ def select_then_close(_: object = None) -> int:
 
 
 def _baseline(url: str) -> int:
-    from forksafe._scenarios import count_sessions, settle_sessions
+    from forksafe._sessions import count_sessions, settle_sessions
 
     gc.collect()
-    n = count_sessions(url)
+    n = count_sessions()
     assert n is not None, "P1/P2 count server sessions: use PostgreSQL or MariaDB"
-    settled = settle_sessions(url, n, timeout=1.0)
+    settled = settle_sessions(n, timeout=1.0)
     assert settled is not None
     return settled
 
@@ -70,7 +70,7 @@ def p1_round(
     url: str, make: Callable[[], Executor], task: Callable[[object], int], tasks: int
 ) -> tuple[float, int]:
     """One round: (tasks per second, sessions left right after shutdown)."""
-    from forksafe._scenarios import count_sessions
+    from forksafe._sessions import count_sessions
 
     before = _baseline(url)
     start = time.perf_counter()
@@ -79,7 +79,7 @@ def p1_round(
     elapsed = time.perf_counter() - start
     executor.shutdown(wait=True)
     time.sleep(0.2)  # server-side exit of closed sessions
-    left = (count_sessions(url) or 0) - before
+    left = (count_sessions() or 0) - before
     assert results == [1] * tasks
     del executor
     return tasks / elapsed, left
@@ -114,7 +114,7 @@ def bench_p1(url: str, rounds: int, tasks: int, workers: int) -> None:
 
 def p2_run(url: str, thread_class: type[threading.Thread], n: int, cap: int) -> tuple[int, int]:
     """(sessions left after ``n`` threads, forced collections)."""
-    from forksafe._scenarios import count_sessions
+    from forksafe._sessions import count_sessions
 
     before = _baseline(url)
     forced = 0
@@ -124,11 +124,11 @@ def p2_run(url: str, thread_class: type[threading.Thread], n: int, cap: int) -> 
             t.start()
         for t in wave:
             t.join()
-        if (count_sessions(url) or 0) - before > cap:
+        if (count_sessions() or 0) - before > cap:
             gc.collect()
             forced += 1
     time.sleep(0.2)  # server-side exit of closed sessions
-    left = (count_sessions(url) or 0) - before
+    left = (count_sessions() or 0) - before
     gc.collect()
     return left, forced
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.tasks < 1 or args.workers < 1 or args.cap < 1:
         parser.error("--rounds, --tasks, --workers and --cap must be positive")
 
-    from forksafe._scenarios import configure_django
+    from forksafe._urls import configure_django
 
     driver = configure_django(args.database)
     import django

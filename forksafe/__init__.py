@@ -8,13 +8,23 @@ The public surface is small on purpose; everything else lives in private modules
 * :func:`Pool`, :class:`Process`, :class:`ProcessPoolExecutor`, :func:`get_context` --
   process pools whose workers get sessions of their own and close them when they exit,
   under every start method, for ``multiprocessing`` and ``multiprocess``.
+* :class:`Thread`, :class:`ThreadPoolExecutor`, :func:`closing_connections` -- threads
+  that close their own connections when they end (``forksafe.threads``);
+  :class:`DbSafeThread` and :class:`DbSafeThreadPoolExecutor` are aliases.
+* :func:`stats` -- this process's connections per alias: opened, open, closed, detached.
 * :class:`ForkSafeWarning` -- emitted when something is left as it is on purpose.
+* ``__version__``.
+
+Integrations with a server or worker live in their own modules: ``forksafe.uwsgi``,
+``forksafe.gunicorn``; the Django app is ``"forksafe"`` in ``INSTALLED_APPS``.
 """
 
 from __future__ import annotations
 
-from forksafe._fork import ForkSafeWarning, after_fork_in_child, install, prepare_fork
+from forksafe._fork import after_fork_in_child, prepare_fork
+from forksafe._install import install
 from forksafe._registry import stats
+from forksafe._warnings import ForkSafeWarning
 from forksafe.pools import Pool, Process, ProcessPoolExecutor, get_context
 from forksafe.threads import (
     DbSafeThread,

@@ -1,4 +1,4 @@
-"""Per-driver knowledge: find an inherited connection's socket and neutralise it.
+"""Per-driver knowledge: find an inherited connection's socket and detach it.
 
 Everything here runs in a *forked child* on a raw DB-API connection object that
 the parent opened. The rule is: **no byte may reach the server**. The parent
@@ -55,7 +55,7 @@ from typing import Any
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["driver_of", "neutralise", "neutralise_native_pools", "park"]
+__all__ = ["detach", "detach_native_pools", "driver_of", "park"]
 
 
 def driver_of(raw: Any) -> str:
@@ -118,8 +118,8 @@ def _release(raw: Any, driver: str, owned: bool) -> None:
         raw.close()
 
 
-def neutralise(raw: Any, *, owned: bool, alias: str = "?") -> str:
-    """Make ``raw`` harmless in this (forked) process without any network I/O.
+def detach(raw: Any, *, owned: bool, alias: str = "?") -> str:
+    """Detach ``raw`` from its server session in this (forked) process, without network I/O.
 
     ``owned`` is true when the calling thread is the one that used ``raw`` in
     the parent (or nothing else can be inside it, like a pool's idle
@@ -175,7 +175,7 @@ def neutralise(raw: Any, *, owned: bool, alias: str = "?") -> str:
     return "detached"
 
 
-def neutralise_native_pools() -> int:
+def detach_native_pools() -> int:
     """Drop Django's native psycopg pools (Django 5.1+) inherited from the parent.
 
     ``django.db.backends.postgresql.base.DatabaseWrapper._connection_pools`` is a
@@ -203,7 +203,7 @@ def neutralise_native_pools() -> int:
         try:
             idle = list(getattr(pool, "_pool", ()))
             for raw in idle:
-                neutralise(raw, owned=True, alias=alias)
+                detach(raw, owned=True, alias=alias)
                 count += 1
             pool._closed = True  # psycopg_pool's __del__ returns early when closed
         except Exception:

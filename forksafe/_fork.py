@@ -1,7 +1,7 @@
 """The fork hooks: what runs in the parent before a fork and in the child after it.
 
-``install()`` registers :func:`prepare_fork` and :func:`after_fork_in_child`
-with :func:`os.register_at_fork`, so they run around every ``os.fork()``:
+``forksafe.install()`` (``_install``) registers :func:`prepare_fork` and the
+child reset with :func:`os.register_at_fork`, so they run around every ``os.fork()``:
 ``multiprocessing``'s ``fork`` start method, the forkserver's own forks,
 gunicorn's arbiter, Celery's billiard, RQ's work horse. They do *not* run for
 ``subprocess`` (nothing is inherited there) nor for servers that fork in C,
@@ -20,15 +20,23 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from forksafe import _conn, _drivers, _registry
-from forksafe._conn import ForkSafeWarning, forget_connection, is_in_memory_sqlite
+from forksafe import _closing, _drivers, _registry
+from forksafe._closing import forget_connection, is_in_memory_sqlite
+from forksafe._warnings import ForkSafeWarning
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["ForkSafeWarning", "after_fork_in_child", "install", "prepare_fork"]
+__all__ = [
+    "after_fork_in_child",
+    "hooks_installed",
+    "prepare_fork",
+    "register_hooks",
+    "reset_child",
+    "set_close_before_fork",
+]
 
 
 @dataclass
@@ -39,61 +47,24 @@ class _Options:
 _options = _Options()
 _hooks_registered = False
 # Wrappers the last child reset left in Django's "closed inside a transaction"
-# state (forked inside transaction.atomic()); see reset_worker().
+# state (forked inside transaction.atomic()); see reset_child(worker=True).
 _left_in_atomic: list[weakref.ref[BaseDatabaseWrapper]] = []
 # The pid whose connections are all its own: set at import and after each reset.
 # ``after_fork_in_child()`` in this pid is a no-op.
 _reset_pid = os.getpid()
 
 
-def install(*, close_before_fork: bool | None = None, threads: bool | None = None) -> None:
-    """Make every ``os.fork()`` of this process safe for Django connections.
+def set_close_before_fork(enabled: bool) -> None:
+    """Set whether :func:`prepare_fork` closes the forking thread's idle connections."""
+    _options.close_before_fork = enabled
 
-    Registers hooks with :func:`os.register_at_fork` (once per process; later
-    calls only change the options they name) and starts tracking every
-    connection that Django opens, in every thread. Safe to call before
-    ``django.setup()`` -- the top of ``manage.py``, ``wsgi.py`` or the settings
-    module is the best place, before anything connects. An option left out
-    (``None``) keeps its current value: ``close_before_fork=True`` and
-    ``threads=False`` until something sets them.
 
-    ``close_before_fork``: before a fork, close the forking thread's idle
-    connections (never one inside ``transaction.atomic()``, never an in-memory
-    SQLite database). The child has less to detach and the parent reconnects
-    on its next query. Turn it off to keep the parent's connections open; the
-    child is safe either way.
-
-    ``threads``: close the connections of *every* thread when that thread
-    ends -- threads started by other libraries, ``_thread.start_new_thread``,
-    asgiref's executors -- instead of when the cyclic GC gets to them. The
-    first connection a thread opens puts a small guard object into a
-    ``threading.local`` of that thread; CPython frees it while clearing the
-    ending thread's state, in that thread and before ``join()`` returns, and
-    the guard then closes that thread's connections, which the registry
-    records with their owning thread. Cost: one
-    ``threading.local`` lookup per new connection and one object per thread
-    that connected; nothing per query. Not covered: threads killed by
-    interpreter exit (daemon threads), and connections opened before this
-    call in other threads. See ``forksafe.threads``.
-    """
+def register_hooks() -> None:
+    """Register the at-fork hooks with :func:`os.register_at_fork`, once per process."""
     global _hooks_registered
-    for name, value in (("close_before_fork", close_before_fork), ("threads", threads)):
-        if value is not None and not isinstance(value, bool):
-            raise TypeError(f"install({name}=...) takes True or False, not {value!r}")
-    if close_before_fork is not None:
-        _options.close_before_fork = close_before_fork
-    _registry.start_tracking()
-    if threads is not None:
-        from forksafe import threads as _threads
-
-        _threads._close_at_thread_exit(threads)
     if not _hooks_registered:
-        os.register_at_fork(before=_before_fork_hook, after_in_child=_after_fork_hook)
+        os.register_at_fork(before=_at_fork_before, after_in_child=_at_fork_in_child)
         _hooks_registered = True
-    # uWSGI forks in C: its post-fork hook chain runs the reset (no-op elsewhere).
-    from forksafe import uwsgi as _uwsgi
-
-    _uwsgi._install_if_under_uwsgi()
 
 
 def prepare_fork() -> None:
@@ -117,7 +88,7 @@ def prepare_fork() -> None:
         if wrapper is None or entry.pid != pid or not _owned_here(entry):
             continue
         try:
-            if _conn.close_owned(wrapper, in_atomic="keep", shared="skip") == "in-transaction":
+            if _closing.close_owned(wrapper, in_atomic="keep", shared="skip") == "in-transaction":
                 in_transaction.append(wrapper.alias)
         except Exception:
             logger.warning(
@@ -136,12 +107,12 @@ def prepare_fork() -> None:
 
 
 def after_fork_in_child() -> None:
-    """The child-side reset: drop every inherited connection without network I/O.
+    """Detach every inherited connection, in a forked child, without network I/O.
 
-    Runs in the child, in its only thread. For every connection opened by the
-    parent -- in any thread, for any alias -- the socket is pointed at
-    ``/dev/null`` so that nothing can ever say goodbye to the parent's server
-    session, and the wrapper forgets it: the next ORM call in the child
+    Runs in the child, in its only thread. Every connection opened by the
+    parent -- in any thread, for any alias -- is detached (``_drivers.detach``:
+    nothing can ever say goodbye to the parent's server session), and the
+    wrapper forgets it: the next ORM call in the child
     connects afresh and gets a session of its own. Django's native pools
     (``OPTIONS={"pool": ...}``) are dropped the same way; the child builds its
     own on first use.
@@ -156,15 +127,28 @@ def after_fork_in_child() -> None:
     calling it from several hooks is harmless. It never raises: what cannot be
     detached is kept unused until the child exits, and logged.
     """
-    _reset_child(clean_transactions=False)
+    reset_child()
 
 
-def _reset_child(*, clean_transactions: bool) -> None:
-    """``after_fork_in_child``; ``clean_transactions`` for pool workers.
+def reset_child(*, worker: bool = False) -> None:
+    """Detach every connection this process inherited (see :func:`after_fork_in_child`).
 
-    A worker of a process pool runs tasks outside the parent's atomic block,
-    so it starts with no transaction state at all.
+    ``worker``: the process is a pool or process *worker*. It runs its tasks
+    outside whatever ``transaction.atomic()`` block the parent was in when it
+    forked (a view under ``ATOMIC_REQUESTS`` that creates a pool), so unlike a
+    raw ``os.fork()`` child it starts with no transaction state at all; the
+    wrappers an earlier raw-fork reset of this process left "closed inside a
+    transaction" are cleaned too. No I/O.
     """
+    _detach_inherited(clean_transactions=worker)
+    while worker and _left_in_atomic:
+        wrapper = _left_in_atomic.pop()()
+        if wrapper is not None and wrapper.connection is None:
+            forget_connection(wrapper, clean=True)
+
+
+def _detach_inherited(*, clean_transactions: bool) -> None:
+    """Once per process: detach what it inherited; ``clean_transactions`` for workers."""
     global _reset_pid
     pid = os.getpid()
     if pid == _reset_pid:
@@ -184,18 +168,18 @@ def _reset_child(*, clean_transactions: bool) -> None:
                 # child a private copy: keep it, as plain Django does.
                 _registry.register(wrapper)
                 continue
-            if _drivers.neutralise(entry.raw, owned=owned, alias=entry.alias) != "closed-already":
+            if _drivers.detach(entry.raw, owned=owned, alias=entry.alias) != "closed-already":
                 _registry.note_detached(entry.alias)
             if wrapper is not None:
                 if wrapper.connection is not None and wrapper.connection is not entry.raw:
-                    _drivers.neutralise(wrapper.connection, owned=owned, alias=entry.alias)
+                    _drivers.detach(wrapper.connection, owned=owned, alias=entry.alias)
                 if owned and wrapper.in_atomic_block and not clean_transactions:
                     in_atomic.append(wrapper.alias)
                     _left_in_atomic.append(weakref.ref(wrapper))
                 forget_connection(wrapper, clean=clean_transactions)
         except Exception:
             logger.warning(
-                "forksafe: resetting inherited connection %r (%s) failed; the wrapper"
+                "forksafe: detaching inherited connection %r (%s) failed; the wrapper"
                 " is discarded and its connection kept unused in this process",
                 entry.alias,
                 entry.driver,
@@ -207,7 +191,7 @@ def _reset_child(*, clean_transactions: bool) -> None:
         finally:
             _registry.forget(entry)
     try:
-        _drivers.neutralise_native_pools()
+        _drivers.detach_native_pools()
     except Exception:
         logger.warning("forksafe: detaching Django's native pools failed", exc_info=True)
     if in_atomic:
@@ -251,31 +235,19 @@ def hooks_installed() -> bool:
     return _hooks_registered
 
 
-def reset_worker() -> None:
-    """The child reset for a pool or process *worker*: no inherited transaction state.
-
-    A worker runs its tasks outside whatever ``transaction.atomic()`` block the
-    parent was in when it forked (a view under ``ATOMIC_REQUESTS`` that creates
-    a pool), so unlike a raw ``os.fork()`` child it starts clean. When the
-    at-fork hook already ran the raw-fork reset in this process, the wrappers
-    it left "closed inside a transaction" are cleaned here. No I/O.
-    """
-    _reset_child(clean_transactions=True)
-    while _left_in_atomic:
-        wrapper = _left_in_atomic.pop()()
-        if wrapper is not None and wrapper.connection is None:
-            forget_connection(wrapper, clean=True)
-
-
-def _before_fork_hook() -> None:
+def _at_fork_before() -> None:
+    """The ``before`` hook of :func:`os.register_at_fork`: :func:`prepare_fork`, never raising."""
     try:
         prepare_fork()
     except Exception:
         logger.warning("forksafe: the pre-fork cleanup failed", exc_info=True)
 
 
-def _after_fork_hook() -> None:
+def _at_fork_in_child() -> None:
+    """The ``after_in_child`` hook of :func:`os.register_at_fork`: the child reset."""
     try:
-        _reset_child(clean_transactions=False)
+        reset_child()
     except Exception:
-        logger.warning("forksafe: the after-fork reset failed", exc_info=True)
+        logger.warning(
+            "forksafe: detaching the inherited connections after a fork failed", exc_info=True
+        )

@@ -137,7 +137,7 @@ def _on_wrapper_collected(key: int) -> None:
     if entry is not None and entry.pid != os.getpid():
         # Collected in a child before the reset ran: detach before the raw
         # connection's own deallocation can say goodbye on the shared socket.
-        _drivers.neutralise(entry.raw, owned=False, alias=entry.alias)
+        _drivers.detach(entry.raw, owned=False, alias=entry.alias)
 
 
 def _collected_callback(key: int) -> Callable[[weakref.ref[BaseDatabaseWrapper]], None]:

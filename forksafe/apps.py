@@ -23,15 +23,15 @@ class ForkSafeConfig(AppConfig):
 
     def ready(self) -> None:
         from forksafe import checks, conf
-        from forksafe._fork import install
+        from forksafe._install import install
 
         checks.register()
         if conf.get("INSTALL"):
             # Only the options the settings name: an explicit install() call
             # made earlier keeps the rest.
             install(
-                close_before_fork=conf.get_set("CLOSE_BEFORE_FORK"),
-                threads=conf.get_set("THREADS"),
+                close_before_fork=conf.explicit("CLOSE_BEFORE_FORK"),
+                threads=conf.explicit("THREADS"),
             )
             # Django runs no system checks inside a WSGI server: say it here.
             checks.log_server_warnings()

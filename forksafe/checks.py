@@ -130,7 +130,7 @@ def uwsgi_messages(opt: dict[str, Any] | None) -> list[checks.CheckMessage]:
             )
         )
     threads_on = (
-        _truthy(opt.get("enable-threads", False)) or int(_first(opt.get("threads", 0)) or 0) > 1
+        _truthy(opt.get("enable-threads", False)) or int(_last(opt.get("threads", 0)) or 0) > 1
     )
     needs = []
     if conf.get("THREADS"):
@@ -149,7 +149,8 @@ def uwsgi_messages(opt: dict[str, Any] | None) -> list[checks.CheckMessage]:
     return messages
 
 
-def _first(value: Any) -> Any:
+def _last(value: Any) -> Any:
+    """The value of a uWSGI option: the last one given when it was repeated."""
     if isinstance(value, list):
         value = value[-1] if value else 0
     if isinstance(value, bytes):

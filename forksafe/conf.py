@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULTS", "get", "get_set", "invalid", "unknown_keys"]
+__all__ = ["DEFAULTS", "get", "explicit", "invalid", "unknown_keys"]
 
 DEFAULTS: dict[str, bool] = {
     "INSTALL": True,
@@ -51,8 +51,8 @@ def get(key: str) -> bool:
     return value if isinstance(value, bool) else DEFAULTS[key]
 
 
-def get_set(key: str) -> bool | None:
-    """The value of ``key`` if the settings set it (validly), else ``None``."""
+def explicit(key: str) -> bool | None:
+    """The value the settings give ``key`` explicitly (and validly), else ``None``."""
     raw = _raw()
     if not isinstance(raw, dict) or key not in raw:
         return None

@@ -37,7 +37,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import NoReturn
 
-from forksafe import _scenarios, _sessions, conf
+from forksafe import _sessions, conf
 
 __all__ = ["DatabaseServer", "Finding", "Report", "add_arguments", "main", "run_doctor"]
 
@@ -238,8 +238,8 @@ def _environment_findings(hooks: bool, servers: dict[str, str]) -> list[Finding]
             Finding(
                 "info",
                 "uwsgi",
-                "uWSGI forks in C: forksafe resets workers through uwsgidecorators' postfork"
-                " chain, which needs 'master = true'",
+                "uWSGI forks in C: forksafe detaches the workers' inherited connections"
+                " through uwsgidecorators' postfork chain, which needs 'master = true'",
             )
         )
     return findings
@@ -250,7 +250,7 @@ def _start_method_finding(current: str | None, default: str) -> Finding:
     how = "set" if current else "default, not set"
     text = f"multiprocessing start method {method!r} ({how})"
     if method == "fork":
-        text += ": children inherit connections, forksafe's hooks reset them"
+        text += ": children inherit connections, forksafe's hooks detach them"
     else:
         text += ": children start fresh interpreters and must call django.setup()"
     return Finding("info", "start method", text)
@@ -323,25 +323,6 @@ def _demand(aliases: list[str], processes: int, threads: int) -> tuple[int, str]
     return total, " + ".join(parts)
 
 
-def _max_connections(alias: str) -> int | None:
-    """The server's ``max_connections``; None for SQLite. Connects, so it raises if unreachable."""
-    conn = _sessions.own_connection(alias)
-    try:
-        with conn.cursor() as cursor:
-            if conn.vendor == "postgresql":
-                cursor.execute("SELECT current_setting('max_connections')::int")
-            elif conn.vendor == "mysql":
-                cursor.execute("SELECT @@max_connections")
-            else:
-                cursor.execute("SELECT 1")
-                return None
-            row = cursor.fetchone()
-        assert row is not None
-        return int(row[0])
-    finally:
-        conn.close()
-
-
 def _error_line(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {first[0] if first else ''}".rstrip(": ")
@@ -359,9 +340,9 @@ def inspect_server(
     server = DatabaseServer(vendor, address, aliases, list(by_database))
     topic = f"{vendor} {address}"
     try:
-        server.max_connections = _max_connections(aliases[0])
+        server.max_connections = _sessions.max_connections(aliases[0])
         for name, alias in by_database.items():
-            groups = _scenarios.session_groups(alias) or {}
+            groups = _sessions.session_groups(alias) or {}
             server.sessions += [(c, s, n, name) for (c, s), n in sorted(groups.items())]
     except Exception as exc:
         server.error = _error_line(exc)

@@ -46,7 +46,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from forksafe import _conn, _fork
+from forksafe import _closing, _fork
 
 logger = logging.getLogger("forksafe")
 
@@ -130,9 +130,11 @@ def _worker_started() -> None:
     if "django.db" not in sys.modules:
         return  # nothing can hold a connection
     try:
-        _fork.reset_worker()
+        _fork.reset_child(worker=True)
     except Exception:
-        logger.warning("forksafe: resetting the worker's connections failed", exc_info=True)
+        logger.warning(
+            "forksafe: detaching the worker's inherited connections failed", exc_info=True
+        )
 
 
 def _worker_exiting() -> None:
@@ -147,7 +149,7 @@ def _worker_exiting() -> None:
     for wrapper in connections.all(initialized_only=True):
         try:
             # The worker is ending: close even inside atomic or shared with its threads.
-            _conn.close_owned(wrapper, in_atomic="close", shared="close")
+            _closing.close_owned(wrapper, in_atomic="close", shared="close")
             pools = getattr(type(wrapper), "_connection_pools", None)
             if pools and wrapper.alias in pools:
                 wrapper.close_pool()  # type: ignore[attr-defined]
@@ -187,7 +189,10 @@ class _ForksafeProcess:
         try:
             _worker_started()
         except Exception:
-            logger.warning("forksafe: the worker's start-up reset failed", exc_info=True)
+            logger.warning(
+                "forksafe: detaching the worker's inherited connections at start-up failed",
+                exc_info=True,
+            )
         try:
             code: int = super()._bootstrap(*args, **kwargs)  # type: ignore[misc]
             return code

@@ -16,7 +16,7 @@ clients". And Django forbids closing a connection from any thread but its own
   exits.
 * :func:`closing_connections` -- a decorator and context manager that closes
   the calling thread's connections on exit, for threads made by other code.
-* ``forksafe.install(threads=True)`` (see :func:`_close_at_thread_exit`) --
+* ``forksafe.install(threads=True)`` (see :func:`close_at_thread_exit`) --
   the connections of *every* thread are closed when that thread ends.
 
 No connection is ever closed from a thread that does not own it, and nothing
@@ -51,7 +51,7 @@ from concurrent import futures
 from contextlib import ContextDecorator
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from forksafe import _conn, _registry
+from forksafe import _closing, _registry
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -64,6 +64,7 @@ __all__ = [
     "DbSafeThreadPoolExecutor",
     "Thread",
     "ThreadPoolExecutor",
+    "close_at_thread_exit",
     "closing_connections",
 ]
 
@@ -101,14 +102,9 @@ def _close_all(
 ) -> list[BaseException]:
     """Close each of ``wrappers`` owned by the calling thread; return the errors.
 
-    A wrapper that another thread shares with this one is its owner's to close
-    and is skipped; one this thread owns and shares is closed (the owner is
-    done with it). ``in_atomic="close"``: a connection left inside ``atomic``
-    (the code that opened the block is gone) is closed -- the server rolls the
-    transaction back -- and the wrapper's transaction state reset, so that the
-    next use in this thread starts clean. ``"warn"``: it is left open with a
-    :class:`ForkSafeWarning`, because an enclosing block is still running.
-    An in-memory SQLite database is never closed (nor is it by Django).
+    The rule is :func:`forksafe._closing.close_owned`'s, with ``shared="close"``
+    (this thread is done with what it shares). ``in_atomic="close"`` when the
+    code that opened the block is gone, ``"warn"`` while it still runs.
     """
     errors: list[BaseException] = []
     seen: set[int] = set()
@@ -117,7 +113,7 @@ def _close_all(
             continue
         seen.add(id(wrapper))
         try:
-            _conn.close_owned(wrapper, in_atomic=in_atomic, shared="close")
+            _closing.close_owned(wrapper, in_atomic=in_atomic, shared="close")
         except Exception as exc:
             errors.append(exc)
     return errors
@@ -210,8 +206,8 @@ def _guard_this_thread() -> None:
     _current_guard(create=True)
 
 
-def _close_at_thread_exit(enabled: bool) -> None:
-    """What ``install(threads=...)`` switches.
+def close_at_thread_exit(enabled: bool) -> None:
+    """Switch the thread guard for every thread on or off: ``install(threads=...)``.
 
     Enabled: from now on, the first connection that any thread opens gives
     that thread a guard, and the guard closes the thread's connections when
@@ -293,8 +289,8 @@ def _between_tasks() -> None:
 
     For each connection this worker opened (the registry records every one
     with its owning thread, see :func:`_start_worker`): one still inside
-    ``atomic`` (a task entered a block and never left it) is closed and its
-    transaction state reset -- the server rolls back; every other one gets
+    ``atomic`` (a task entered a block and never left it) is closed as
+    :func:`forksafe._closing.close_owned` does with ``in_atomic="close"``; every other one gets
     Django's own ``close_if_unusable_or_obsolete()``, the per-connection rule
     of :func:`django.db.close_old_connections` (``CONN_MAX_AGE``,
     ``CONN_HEALTH_CHECKS``, autocommit left off, errors that made the
@@ -315,7 +311,7 @@ def _between_tasks() -> None:
                     " it is closed (the server rolls back) before the next task",
                     wrapper.alias,
                 )
-                _conn.close_owned(wrapper, in_atomic="close", shared="close")
+                _closing.close_owned(wrapper, in_atomic="close", shared="close")
             else:
                 wrapper.close_if_unusable_or_obsolete()
         except Exception:

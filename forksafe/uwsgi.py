@@ -39,7 +39,7 @@ from forksafe._fork import after_fork_in_child
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["install", "running_under_uwsgi"]
+__all__ = ["install", "install_if_under_uwsgi", "running_under_uwsgi"]
 
 _installed = False
 
@@ -105,11 +105,14 @@ def install() -> bool:
     if _post_fork not in chain:
         chain.insert(0, _post_fork)
     _installed = True
-    logger.debug("forksafe.uwsgi: post-fork reset installed in uWSGI's post-fork chain")
+    logger.debug("forksafe.uwsgi: post-fork detach installed in uWSGI's post-fork chain")
     return True
 
 
-def _install_if_under_uwsgi() -> None:
-    """What ``forksafe.install()`` calls: :func:`install` inside uWSGI, silence elsewhere."""
+def install_if_under_uwsgi() -> None:
+    """Call :func:`install` inside uWSGI; do nothing, silently, elsewhere.
+
+    What ``forksafe.install()`` calls.
+    """
     if running_under_uwsgi():
         install()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from forksafe._scenarios import quiet_sessions
+from forksafe._sessions import quiet_sessions
 from uwsgi_examples.load import LoadResult, get
 from uwsgi_examples.run import Server, migrate, missing
 
@@ -37,7 +37,7 @@ def session_baseline(example_db: str) -> Iterator[int]:
     from django.db import connections
 
     connections.close_all()
-    n = quiet_sessions(example_db)  # sessions of an earlier server may still be ending
+    n = quiet_sessions()  # sessions of an earlier server may still be ending
     assert n is not None
     yield n
     connections.close_all()

@@ -20,10 +20,18 @@ import pytest
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/forksafe_nowhere"
 
 
-def demo(*args: str, cwd: Path, hide_matplotlib: bool = False) -> subprocess.CompletedProcess[str]:
+def demo(
+    *args: str, cwd: Path, hide_matplotlib: bool = False, hide_dj_database_url: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m forksafe demo ARGS`` (from ``cwd``, not the checkout)."""
     env = dict(os.environ)
     env.pop("DJANGO_SETTINGS_MODULE", None)
+    if hide_dj_database_url:
+        # As if only the base package were installed, in the demo's scenario processes too.
+        shim = cwd / "no-extras"
+        (shim / "dj_database_url").mkdir(parents=True, exist_ok=True)
+        (shim / "dj_database_url" / "__init__.py").write_text("raise ImportError('hidden')\n")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
     if hide_matplotlib:
         # As if the optional extra were not installed: the import fails.
         code = (
@@ -56,10 +64,10 @@ def quiet_database(db_url: str) -> None:
     the demo's before/after counts see its own sessions only."""
     from django.db import connections
 
-    from forksafe._scenarios import settle_sessions
+    from forksafe._sessions import settle_sessions
 
     connections.close_all()
-    settle_sessions(db_url, 0, timeout=5)
+    settle_sessions(0, timeout=5)
 
 
 def require_uwsgi() -> None:
@@ -105,6 +113,23 @@ def test_demo_on_sqlite_shows_plain_forked_children_on_the_parents_handle_and_fo
     # Progress: one line per scenario and mode as it finishes (stderr is not a TTY here).
     assert proc.stderr.count("\n") == 16, proc.stderr
     assert "[16/16] 8-worker executor" in proc.stderr
+
+
+@pytest.mark.nodb
+def test_demo_on_sqlite_runs_without_the_demo_extra_and_a_server_url_names_it(
+    vendor: str, tmp_path: Path
+) -> None:
+    if vendor != "sqlite":
+        pytest.skip("the SQLite demo runs once, in the sqlite3 run")
+    proc = demo("--only", "threads", cwd=tmp_path, hide_dj_database_url=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(scenario_verdicts(proc.stdout)) == 6, proc.stdout
+    hidden = demo(
+        "--database", UNREACHABLE, "--only", "fork", cwd=tmp_path, hide_dj_database_url=True
+    )
+    assert hidden.returncode == 2, hidden.stderr
+    assert "pip install 'forksafe[demo]'" in hidden.stderr, hidden.stderr
+    assert hidden.stderr.count("\n") == 1, hidden.stderr
 
 
 def test_demo_on_the_server_database_shows_the_bugs_without_forksafe_and_none_with_it(

@@ -17,7 +17,7 @@ import pytest
 from django.db import ProgrammingError, connection, connections, transaction
 
 import forksafe
-from forksafe import _fork, _registry, _scenarios
+from forksafe import _fork, _registry, _sessions
 from tests._forking import ChildFailed, run_in_child
 from tests.testapp.models import Item
 
@@ -34,29 +34,29 @@ def keep_open() -> Iterator[None]:
 
 def test_child_orm_queries_get_a_session_of_their_own(keep_open: None, vendor: str) -> None:
     Item.objects.create(name="parent")
-    parent_backend = _scenarios.backend_id()
+    parent_backend = _sessions.backend_id()
 
     def child() -> tuple[int, int]:
         Item.objects.create(name="child", pid=os.getpid())
-        return _scenarios.backend_id(), Item.objects.count()
+        return _sessions.backend_id(), Item.objects.count()
 
     child_backend, count = run_in_child(child)
     assert count == 2
     assert child_backend != parent_backend
-    assert _scenarios.backend_id() == parent_backend
+    assert _sessions.backend_id() == parent_backend
     assert Item.objects.filter(name="child").count() == 1
 
 
 def test_every_alias_is_detached_in_the_child(keep_open: None) -> None:
-    parents = {alias: _scenarios.backend_id(alias) for alias in ("default", "other")}
+    parents = {alias: _sessions.backend_id(alias) for alias in ("default", "other")}
 
     def child() -> dict[str, int]:
-        return {alias: _scenarios.backend_id(alias) for alias in ("default", "other")}
+        return {alias: _sessions.backend_id(alias) for alias in ("default", "other")}
 
     children = run_in_child(child)
     for alias in parents:
         assert children[alias] != parents[alias]
-        assert _scenarios.backend_id(alias) == parents[alias]
+        assert _sessions.backend_id(alias) == parents[alias]
 
 
 def test_fork_inside_atomic_keeps_parent_transaction(keep_open: None, vendor: str) -> None:
@@ -82,7 +82,7 @@ def test_child_forked_inside_atomic_can_leave_the_block_and_query(keep_open: Non
     """Raw fork inside a block: the child's queries in it raise, leaving it is clean,
     the parent's on_commit callbacks run in the parent only, and the parent commits."""
     parent_pid = os.getpid()
-    parent_backend = _scenarios.backend_id()
+    parent_backend = _sessions.backend_id()
     read_fd, write_fd = os.pipe()
     outer = transaction.atomic()
     outer.__enter__()
@@ -98,7 +98,7 @@ def test_child_forked_inside_atomic_can_leave_the_block_and_query(keep_open: Non
                     report = "query inside the inherited block ran"
                 except ProgrammingError:
                     outer.__exit__(None, None, None)  # leaving the block: no commit, no error
-                    own = _scenarios.backend_id() != parent_backend
+                    own = _sessions.backend_id() != parent_backend
                     report = f"ok own={own} rows={Item.objects.filter(name='parent-row').count()}"
             except BaseException as exc:
                 report = f"{type(exc).__name__}: {exc}"
@@ -127,10 +127,10 @@ def test_other_threads_connections_survive_the_fork(keep_open: None) -> None:
 
     def worker(n: int) -> None:
         try:
-            before = _scenarios.backend_id()
+            before = _sessions.backend_id()
             ready.wait(10)
             forked.wait(10)
-            results[n] = (before, _scenarios.backend_id())
+            results[n] = (before, _sessions.backend_id())
         except BaseException as exc:  # reported below
             errors.append(exc)
         finally:
@@ -144,7 +144,7 @@ def test_other_threads_connections_survive_the_fork(keep_open: None) -> None:
     def child() -> int:
         # The child's GC may collect the other threads' wrappers: nothing must reach the server.
         gc.collect()
-        return _scenarios.backend_id()
+        return _sessions.backend_id()
 
     run_in_child(child)
     forked.set()
@@ -164,7 +164,7 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
     def worker() -> None:
         try:
             while not stop.is_set():
-                _scenarios.backend_id()
+                _sessions.backend_id()
                 queries[0] += 1
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
@@ -174,7 +174,7 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
-    parent_backend = _scenarios.backend_id()
+    parent_backend = _sessions.backend_id()
     child_errors = 0
     try:
         for i in range(200):
@@ -183,7 +183,7 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
             if pid == 0:  # pragma: no cover - child
                 code = 0
                 try:
-                    if query and _scenarios.backend_id() == parent_backend:
+                    if query and _sessions.backend_id() == parent_backend:
                         code = 3
                 except BaseException:
                     code = 2
@@ -198,12 +198,12 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
     assert errors == []
     assert child_errors == 0
     assert queries[0] > 0
-    assert _scenarios.backend_id() == parent_backend
+    assert _sessions.backend_id() == parent_backend
 
 
 def test_close_before_fork_closes_only_the_forking_threads_idle_connections() -> None:
     forksafe.install(close_before_fork=True)
-    _scenarios.backend_id()
+    _sessions.backend_id()
     assert connection.connection is not None
     forksafe.prepare_fork()
     assert connection.connection is None
@@ -237,17 +237,17 @@ def test_prepare_fork_leaves_in_memory_sqlite_alone(vendor: str) -> None:
 
 
 def test_after_fork_in_child_without_a_fork_is_a_no_op() -> None:
-    parent_backend = _scenarios.backend_id()
+    parent_backend = _sessions.backend_id()
     forksafe.after_fork_in_child()
     forksafe.after_fork_in_child()
-    assert _scenarios.backend_id() == parent_backend
+    assert _sessions.backend_id() == parent_backend
 
 
 def test_after_fork_in_child_twice_in_child_is_harmless(keep_open: None) -> None:
     def child() -> tuple[int, int]:
-        first = _scenarios.backend_id()
+        first = _sessions.backend_id()
         forksafe.after_fork_in_child()
-        return first, _scenarios.backend_id()
+        return first, _sessions.backend_id()
 
     first, second = run_in_child(child)
     assert first == second
@@ -278,7 +278,7 @@ def test_registry_sees_connections_of_every_thread() -> None:
     release = threading.Event()
 
     def worker() -> None:
-        _scenarios.backend_id()
+        _sessions.backend_id()
         seen.append(threading.get_ident())
         done.set()
         release.wait(10)

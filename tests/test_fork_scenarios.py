@@ -1,6 +1,6 @@
 """Each exit path of a forked child, in a fresh interpreter, plain Django vs forksafe.
 
-These run ``python -m forksafe._scenarios`` (the code behind ``forksafe demo``)
+These run ``python -m forksafe.demo._scenarios`` (the code behind ``forksafe demo``)
 so that the child exits exactly as real programs do: interpreter finalization,
 uncaught exceptions, SIGKILL.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from forksafe import _scenarios
+from forksafe.demo import _scenarios
 
 
 def _check_forksafe(res: dict[str, Any], vendor: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import forksafe.gunicorn
-from forksafe._scenarios import settle_sessions
+from forksafe._sessions import settle_sessions
 from tests._prefork import (
     WORKERS,
     assert_own_sessions,
@@ -49,7 +49,7 @@ def test_preloaded_sync_workers_each_get_their_own_session(
         assert all(len(b) == 1 for b in result.backends_by_pid.values())
         # The arbiter closed its session before forking: only the workers' remain.
         expected = baseline + WORKERS
-        assert settle_sessions(example_db, expected) == expected, server.log()
+        assert settle_sessions(expected) == expected, server.log()
 
 
 def test_gthread_workers_each_get_their_own_sessions(example_db: str) -> None:
@@ -68,7 +68,7 @@ def test_max_requests_recycling_does_not_pile_up_sessions(example_db: str, basel
         assert len(result.pids) > WORKERS, "no worker was recycled"
         # A respawned worker that got no request yet has no session: at most this many.
         expected = baseline + WORKERS
-        n = settle_sessions(example_db, expected, timeout=5)
+        n = settle_sessions(expected, timeout=5)
         assert n is not None and n <= expected, server.log()
 
 
@@ -82,7 +82,7 @@ def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int
         assert_own_sessions(after)
         assert not after.pids & before.pids
         expected = baseline + WORKERS
-        n = settle_sessions(example_db, expected, timeout=5)
+        n = settle_sessions(expected, timeout=5)
         assert n is not None and n <= expected, server.log()
 
 

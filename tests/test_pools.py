@@ -16,7 +16,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -25,8 +24,9 @@ import pytest
 from django.db import connection, transaction
 
 import forksafe
-from forksafe import _scenarios
-from forksafe._scenarios import backend_id, quiet_sessions, settle_sessions
+from forksafe._sessions import backend_id, quiet_sessions, settle_sessions
+from forksafe.demo import _scenarios
+from tests._abandoned import abandoned_after, settled_abandoned
 from tests.testapp.models import Item
 
 METHODS = ("fork", "spawn", "forkserver")
@@ -89,12 +89,12 @@ def keep_parent_connection() -> Iterator[None]:
 def _baseline(url: str, vendor: str) -> int | None:
     """The parent's own session is open; count the server's sessions."""
     backend_id()
-    return None if vendor == "sqlite" else quiet_sessions(url)
+    return None if vendor == "sqlite" else quiet_sessions()
 
 
 def _assert_back_to(url: str, baseline: int | None) -> None:
     if baseline is not None:
-        left = settle_sessions(url, baseline, timeout=10, at_most=True)
+        left = settle_sessions(baseline, timeout=10, at_most=True)
         assert left is not None and left <= baseline
 
 
@@ -243,36 +243,6 @@ def test_spawn_maxtasksperchild_closes_sessions(
     _assert_back_to(db_url, baseline)
 
 
-def _abandoned_sessions() -> int:
-    """PostgreSQL's count of sessions of this database that ended by a lost client."""
-    from django.db import connections
-
-    conn = connections.create_connection("default")
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(
-                "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()"
-            )
-            row = cursor.fetchone()
-        assert row is not None
-        return int(row[0])
-    finally:
-        conn.close()
-
-
-def _settled_abandoned_sessions() -> int:
-    """:func:`_abandoned_sessions` once it stops moving (ended backends report at exit)."""
-    last = _abandoned_sessions()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        time.sleep(0.4)
-        now = _abandoned_sessions()
-        if now == last:
-            break
-        last = now
-    return last
-
-
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_worker_exit_closes_its_sessions_instead_of_abandoning_them(
     db: None, db_url: str, vendor: str, method: str, keep_parent_connection: None
@@ -286,25 +256,22 @@ def test_worker_exit_closes_its_sessions_instead_of_abandoning_them(
     if vendor != "postgresql":
         pytest.skip("needs PostgreSQL's per-database sessions_abandoned counter")
     baseline = _baseline(db_url, vendor)
-    before = _settled_abandoned_sessions()
+    before = settled_abandoned()
     ctx = forksafe.get_context(method)
     with ctx.Pool(2, maxtasksperchild=2) as pool:
         pool.map_async(orm_task, range(6), chunksize=1).get(timeout=60)
         pool.close()
         pool.join()
-    assert settle_sessions(db_url, baseline, timeout=10) == baseline
-    assert _settled_abandoned_sessions() == before
+    assert settle_sessions(baseline, timeout=10) == baseline
+    assert settled_abandoned() == before
     # Control: a worker that dies without a word is counted.
     pool = ctx.Pool(1)
     pool.apply_async(die_by_sigkill, (0,))
     pool.apply(orm_task, (0,))  # served by the replacement worker
     pool.terminate()
     pool.join()
-    assert settle_sessions(db_url, baseline, timeout=10) == baseline
-    deadline = time.monotonic() + 10
-    while _abandoned_sessions() == before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _abandoned_sessions() > before
+    assert settle_sessions(baseline, timeout=10) == baseline
+    assert abandoned_after(before) > before
 
 
 def test_terminate_leaves_no_sessions(

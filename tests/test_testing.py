@@ -10,7 +10,7 @@ import pytest
 from django.db import connections
 
 import forksafe
-from forksafe import _scenarios
+from forksafe import _sessions
 from forksafe.testing import ConnectionLeak, assert_no_connection_leaks
 
 pytest_plugins = ["pytester"]
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("db")
 
 def _query_in_thread(close: bool) -> threading.Thread:
     def work() -> None:
-        _scenarios.backend_id()
+        _sessions.backend_id()
         if close:
             connections.close_all()
 
@@ -43,7 +43,7 @@ def test_thread_that_leaves_its_connection_open_fails_naming_alias_and_thread() 
 
 def test_callers_own_connection_is_not_a_leak() -> None:
     with assert_no_connection_leaks():
-        _scenarios.backend_id()
+        _sessions.backend_id()
 
 
 def test_child_process_holding_a_session_fails_naming_its_pid(vendor: str) -> None:
@@ -56,7 +56,7 @@ def test_child_process_holding_a_session_fails_naming_its_pid(vendor: str) -> No
             pid = os.fork()
             if pid == 0:  # pragma: no cover - child: open a session, then wait
                 try:
-                    _scenarios.backend_id()
+                    _sessions.backend_id()
                     os.write(ready_w, b"1")
                     signal.pause()  # until the parent kills it
                 finally:
@@ -79,13 +79,13 @@ def test_unknown_alias_is_rejected_with_the_configured_ones() -> None:
 
 def test_stats_count_opened_closed_and_detached() -> None:
     before = forksafe.stats().get("other", {"opened": 0, "closed": 0})
-    _scenarios.backend_id("other")
+    _sessions.backend_id("other")
     connections["other"].close()
     after = forksafe.stats()["other"]
     assert after["opened"] == before["opened"] + 1
     assert after["closed"] == before["closed"] + 1
 
-    _scenarios.backend_id("other")
+    _sessions.backend_id("other")
     forksafe.install(close_before_fork=False)
     try:
         read_fd, write_fd = os.pipe()
@@ -110,18 +110,18 @@ def test_pytest_fixture_fails_a_leaking_test(pytester: pytest.Pytester) -> None:
         import pytest
         from django.db import connections
 
-        from forksafe import _scenarios
+        from forksafe import _sessions
 
         @pytest.mark.usefixtures("forksafe_no_leaks")
         def test_leaks():
-            t = threading.Thread(target=_scenarios.backend_id, name="leaker")
+            t = threading.Thread(target=_sessions.backend_id, name="leaker")
             t.start()
             t.join()
 
         @pytest.mark.usefixtures("forksafe_no_leaks")
         def test_clean():
             def work():
-                _scenarios.backend_id()
+                _sessions.backend_id()
                 connections.close_all()
             t = threading.Thread(target=work)
             t.start()

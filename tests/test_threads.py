@@ -27,8 +27,8 @@ from django.db import DatabaseError, connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 import forksafe
-from forksafe import _scenarios
-from forksafe._scenarios import backend_id, count_sessions, quiet_sessions, settle_sessions
+from forksafe._sessions import backend_id, count_sessions, quiet_sessions, settle_sessions
+from forksafe.demo import _scenarios
 from tests.testapp.models import Item
 
 N_THREADS = 20
@@ -67,11 +67,11 @@ def conn_max_age(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def sessions(vendor: str) -> int | None:
     # A stable reading: sessions of an earlier test may still be ending.
-    return None if vendor == "sqlite" else quiet_sessions(URL())
+    return None if vendor == "sqlite" else quiet_sessions()
 
 
 def server_sessions() -> int:
-    n = count_sessions(URL())
+    n = count_sessions()
     assert n is not None, "a server database"
     return n
 
@@ -106,7 +106,7 @@ def test_control_plain_threads_leave_their_sessions_open(vendor: str, no_gc: Non
     del found
     gc.collect()
     if before is not None:
-        assert settle_sessions(URL(), before) == before
+        assert settle_sessions(before) == before
 
 
 def test_threads_close_every_alias_when_they_end_without_gc(vendor: str, no_gc: None) -> None:
@@ -115,7 +115,7 @@ def test_threads_close_every_alias_when_they_end_without_gc(vendor: str, no_gc: 
     assert len(found) == 2 * N_THREADS
     assert all(w.connection is None for w in found)
     if before is not None:
-        assert settle_sessions(URL(), before) == before
+        assert settle_sessions(before) == before
 
 
 def test_thread_whose_run_raises_still_closes_its_connections(
@@ -144,7 +144,7 @@ def test_thread_whose_run_raises_still_closes_its_connections(
     assert isinstance(seen[0][0], ValueError)
     assert seen[0][1] is True, "closed before the exception reached threading.excepthook"
     if before is not None:
-        assert settle_sessions(URL(), before) == before
+        assert settle_sessions(before) == before
 
 
 def test_thread_left_inside_atomic_is_rolled_back_and_closed(db: None, no_gc: None) -> None:
@@ -230,7 +230,7 @@ def test_executor_workers_reuse_connections_and_close_them_at_shutdown(
     # join() returned after each worker closed its connection, in the worker.
     assert all(w.connection is None for w in wrappers)
     if before is not None:
-        assert settle_sessions(URL(), before) == before
+        assert settle_sessions(before) == before
 
 
 def block_until(event: threading.Event) -> int:
@@ -267,7 +267,7 @@ def test_executor_workers_close_their_sessions_however_it_ends(
         assert all(f.cancelled() for f in queued)
     else:
         assert all(f.result(30) for f in queued)
-    assert settle_sessions(URL(), before, timeout=10) == before
+    assert settle_sessions(before, timeout=10) == before
 
 
 def test_executor_closes_its_sessions_at_interpreter_exit(vendor: str) -> None:
@@ -284,15 +284,15 @@ def test_executor_closes_its_sessions_at_interpreter_exit(vendor: str) -> None:
         "django.setup()\n"
         "from django.conf import settings\n"
         "from django.db import connections\n"
-        "from forksafe._scenarios import backend_id, count_sessions, settle_sessions\n"
+        "from forksafe._sessions import backend_id, count_sessions, settle_sessions\n"
         "connections.settings['default']['CONN_MAX_AGE'] = None\n"
-        "before = count_sessions(settings.FORKSAFE_TEST_URL)\n"
+        "before = count_sessions()\n"
         "ex = forksafe.ThreadPoolExecutor(4)\n"
         "used = len({f.result() for f in [ex.submit(backend_id) for _ in range(8)]})\n"
-        "during = count_sessions(settings.FORKSAFE_TEST_URL)\n"
+        "during = count_sessions()\n"
         # The workers' goodbyes reach the server a moment after they are sent.
         "atexit.register(lambda: print(before, used, during,"
-        " settle_sessions(settings.FORKSAFE_TEST_URL, before)))\n"
+        " settle_sessions(before)))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script],
@@ -500,7 +500,7 @@ def test_closing_connections_as_decorator_and_context_manager(vendor: str, no_gc
     assert len(found) == 8
     assert all(w.connection is None for w in found)
     if before is not None:
-        assert settle_sessions(URL(), before) == before
+        assert settle_sessions(before) == before
 
 
 def test_closing_connections_leaves_an_enclosing_atomic_block_alone(db: None) -> None:
@@ -545,7 +545,7 @@ def test_install_threads_closes_plain_threads_connections(
     found = run_threads(threading.Thread, N_THREADS)
     assert all(w.connection is None for w in found)
     if before is not None:
-        assert settle_sessions(URL(), before) == before
+        assert settle_sessions(before) == before
 
 
 def test_install_threads_closes_raw_thread_connections(
@@ -569,7 +569,7 @@ def test_install_threads_closes_raw_thread_connections(
     assert len(found) == 2
     assert all(w.connection is None for w in found)
     if before is not None:
-        assert settle_sessions(URL(), before) == before
+        assert settle_sessions(before) == before
 
 
 def test_install_threads_is_off_by_default_and_can_be_switched_off(

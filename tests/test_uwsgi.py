@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from forksafe import uwsgi as forksafe_uwsgi
-from forksafe._scenarios import settle_sessions
+from forksafe._sessions import settle_sessions
 from tests._prefork import (
     WORKERS,
     assert_own_sessions,
@@ -51,7 +51,7 @@ def test_workers_each_get_their_own_session_under_a_thousand_concurrent_requests
         assert_own_sessions(result, workers=WORKERS)
         assert all(len(b) == 1 for b in result.backends_by_pid.values()), result.backends_by_pid
         # The workers' sessions, plus the one the master opened while loading.
-        assert settle_sessions(example_db, baseline + WORKERS + 1) == baseline + WORKERS + 1
+        assert settle_sessions(baseline + WORKERS + 1) == baseline + WORKERS + 1
 
 
 def test_control_plain_django_workers_share_the_master_session(
@@ -72,7 +72,7 @@ def test_max_requests_recycling_does_not_pile_up_sessions(example_db: str, basel
         assert len(result.pids) > WORKERS, "no worker was recycled"
         # A respawned worker that got no request yet has no session: at most this many.
         expected = baseline + WORKERS + 1
-        n = settle_sessions(example_db, expected, timeout=5)
+        n = settle_sessions(expected, timeout=5)
         assert n is not None and n <= expected
 
 
@@ -86,7 +86,7 @@ def test_graceful_reload_leaves_no_extra_sessions(example_db: str, baseline: int
         assert_own_sessions(after, workers=WORKERS)
         assert not after.pids & before.pids
         expected = baseline + WORKERS + 1
-        assert settle_sessions(example_db, expected, timeout=10) == expected, server.log()
+        assert settle_sessions(expected, timeout=10) == expected, server.log()
 
 
 def _wait_for_report(path: Path, server: Server) -> dict[str, Any]:
@@ -155,7 +155,7 @@ def test_threaded_workers_give_each_request_thread_its_own_session(
     assert_own_sessions(result, workers=2)
     assert all(len(b) <= 4 for b in result.backends_by_pid.values()), result.backends_by_pid
     # Every session ended with the server: none left behind by a request thread.
-    assert settle_sessions(example_db, baseline) == baseline
+    assert settle_sessions(baseline) == baseline
 
 
 @pytest.mark.skipif(

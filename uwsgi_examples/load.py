@@ -127,14 +127,15 @@ def server_sessions(database_url: str) -> int | None:
     """Client sessions on the database server (None for SQLite)."""
     from django.conf import settings
 
-    from forksafe._scenarios import configure_django, count_sessions
+    from forksafe._sessions import count_sessions
+    from forksafe._urls import configure_django
 
     if not settings.configured:
         import django
 
         configure_django(database_url)
         django.setup()
-    return count_sessions(database_url)
+    return count_sessions()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import os
 import tempfile
 from typing import Any
 
-from forksafe._scenarios import database_settings, select_driver
+from forksafe._urls import database_settings, select_driver
 
 POSTGRES_URL = os.environ.get(
     "FORKSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

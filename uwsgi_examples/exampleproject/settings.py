@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from forksafe._scenarios import database_settings, select_driver, split_url
+from forksafe._urls import database_settings, select_driver, split_url
 
 _HERE = Path(__file__).resolve().parent
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{_HERE.parent / 'example.sqlite3'}"

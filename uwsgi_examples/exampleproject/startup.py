@@ -35,7 +35,7 @@ def _in_uwsgi_with_master() -> bool:
 
 def _user_postfork() -> None:
     """Application code run after each fork: it queries the database."""
-    from forksafe._scenarios import backend_id
+    from forksafe._sessions import backend_id
 
     STATE["postfork_pid"] = os.getpid()
     STATE["postfork_backend"] = backend_id()
@@ -69,7 +69,7 @@ def touch_database() -> None:
     """Query while loading, as many applications do (warm caches, check the schema...)."""
     from django.contrib.contenttypes.models import ContentType
 
-    from forksafe._scenarios import backend_id
+    from forksafe._sessions import backend_id
 
     STATE["loader_pid"] = os.getpid()
     STATE["loader_backend"] = backend_id()
@@ -108,7 +108,7 @@ def _report_queries(path: str) -> None:
     """Run ORM queries in this process; write what it saw (and any error) to ``path``."""
     from django.contrib.contenttypes.models import ContentType
 
-    from forksafe._scenarios import backend_id
+    from forksafe._sessions import backend_id
 
     report: dict[str, Any] = {"pid": os.getpid(), "loader_backend": STATE["loader_backend"]}
     try:

@@ -12,7 +12,7 @@ from django.http import HttpRequest, JsonResponse
 from exampleproject import startup
 from exampleproject.startup import STATE
 
-from forksafe._scenarios import backend_id
+from forksafe._sessions import backend_id
 
 
 def whoami(request: HttpRequest) -> JsonResponse:

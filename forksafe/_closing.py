@@ -1,4 +1,4 @@
-"""Closing a wrapper in the thread that owns it: the one rule the fork, thread and pool code share.
+"""Close a wrapper in the thread that owns it: the one rule the fork, thread and pool code share.
 
 Every place where forksafe closes a connection on a thread's or process's
 behalf -- before a fork (``_fork.prepare_fork``), when a thread or an
@@ -9,7 +9,7 @@ with a connection inside a transaction and with one the owner shares with
 other threads; :func:`close_owned` takes both as arguments.
 
 This module sits beside ``_registry``: it uses Django's wrapper API and
-nothing of forksafe.
+nothing of forksafe but its warning class.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Literal
 
+from forksafe._warnings import ForkSafeWarning
+
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
 __all__ = [
-    "ForkSafeWarning",
     "Outcome",
     "close_owned",
     "forget_connection",
@@ -32,13 +33,6 @@ __all__ = [
 Outcome = Literal["closed", "in-transaction", "skipped"]
 
 
-class ForkSafeWarning(RuntimeWarning):
-    """Something forksafe could not make safe by itself; the message says what to do.
-
-    Public as ``forksafe.ForkSafeWarning``; defined here, below every module that warns.
-    """
-
-
 def is_in_memory_sqlite(wrapper: BaseDatabaseWrapper) -> bool:
     """Whether ``wrapper`` is an in-memory SQLite database (its data lives in the handle)."""
     is_in_memory = getattr(wrapper, "is_in_memory_db", None)
@@ -46,7 +40,7 @@ def is_in_memory_sqlite(wrapper: BaseDatabaseWrapper) -> bool:
 
 
 def forget_connection(wrapper: BaseDatabaseWrapper, *, clean: bool) -> None:
-    """Make ``wrapper`` forget its (closed or neutralised) connection, without I/O.
+    """Make ``wrapper`` forget its (closed or detached) connection, without I/O.
 
     ``clean``: reset the transaction state too (the wrapper starts afresh);
     otherwise a wrapper inside ``atomic`` is left the way Django leaves a

@@ -1,9 +1,11 @@
-"""Real fork scenarios, measured in a fresh interpreter: used by ``forksafe demo`` and the tests.
+"""The demo's engine: real fork, pool and thread scenarios, each in a fresh interpreter.
 
-Each scenario runs in its own ``python -m forksafe._scenarios`` process so that
-the child can exit the way real programs do (``sys.exit`` with interpreter
-finalization, an uncaught exception, SIGKILL...) and so that "plain Django"
-really is plain: forksafe is not even imported in that mode.
+``forksafe demo`` prints what they measure; the tests run the same scenarios
+to check what the demo shows. Each scenario runs in its own
+``python -m forksafe.demo._scenarios`` process so that the child can exit the
+way real programs do (``sys.exit`` with interpreter finalization, an uncaught
+exception, SIGKILL...) and so that "plain Django" really is plain:
+``install()`` is never called in that mode.
 
 The scenario process prints one JSON object on its last stdout line; see
 :class:`Result`. Nothing here is simulated: backend ids come from the server
@@ -24,11 +26,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from forksafe import _sessions
+from forksafe._sessions import backend_id, count_sessions, quiet_sessions, settle_sessions
+from forksafe._urls import configure_django
 
-__all__ = ["EXIT_PATHS", "MODES", "SCENARIOS", "Result", "configure_django", "run"]
+__all__ = ["EXIT_PATHS", "MODES", "SCENARIOS", "Result", "run"]
 
 EXIT_PATHS = ("os_exit", "sys_exit", "exception", "sigkill", "close_all", "orm")
+#: How a scenario runs: ``plain`` Django, ``forksafe`` (``install()``), or ``manual``
+#: (no ``install()``: the child calls ``forksafe.after_fork_in_child()`` itself).
+#: The demo's tables compare the first two (``forksafe.demo.COMPARED_MODES``).
 MODES = ("plain", "forksafe", "manual")
 SCENARIOS = (
     "fork",
@@ -66,170 +72,6 @@ class Result:
         if self.sessions_before is None or self.sessions_after is None:
             return None
         return self.sessions_after - self.sessions_before
-
-
-# --- Django set-up from a URL ------------------------------------------------------------
-
-
-def split_url(url: str) -> tuple[str, str]:
-    """``postgresql+psycopg2://...`` -> (``postgresql://...``, ``psycopg2``).
-
-    Without ``+driver``: PostgreSQL uses psycopg 3 when installed (as Django
-    does), MySQL/MariaDB mysqlclient, SQLite sqlite3.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ValueError(
-            f"not a database URL: {url!r}; expected e.g. postgresql://user@host/db,"
-            " mysql://root@127.0.0.1/test or sqlite:////tmp/db.sqlite3"
-        )
-    base, _, driver = scheme.partition("+")
-    base = {"postgres": "postgresql", "pgsql": "postgresql", "mariadb": "mysql"}.get(base, base)
-    defaults = {"postgresql": "psycopg", "mysql": "mysqlclient", "sqlite": "sqlite3"}
-    if base not in defaults:
-        raise ValueError(
-            f"unsupported database URL scheme {scheme!r}: use postgresql://, mysql://"
-            " (or mariadb://) or sqlite://, optionally with +psycopg2 or +pymysql"
-        )
-    drivers = {
-        "postgresql": ("psycopg", "psycopg2"),
-        "mysql": ("mysqlclient", "pymysql"),
-        "sqlite": ("sqlite3",),
-    }[base]
-    driver = driver or defaults[base]
-    if driver not in drivers:
-        raise ValueError(
-            f"unknown driver {driver!r} for {base}://; choose one of: {', '.join(drivers)}"
-        )
-    return f"{base}://{rest}", driver
-
-
-def select_driver(driver: str) -> None:
-    """Make Django's backend use ``driver``; call before Django imports its backend."""
-    if driver == "psycopg2":
-        # Django prefers psycopg 3 when it can import it.
-        sys.modules["psycopg"] = None  # type: ignore[assignment]
-    elif driver == "pymysql":
-        import pymysql
-
-        pymysql.install_as_MySQLdb()
-
-
-def database_settings(url: str, **options: Any) -> dict[str, Any]:
-    """A ``DATABASES`` entry for ``url`` (driver suffix removed)."""
-    try:
-        import dj_database_url
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "database URLs need dj-database-url: pip install 'forksafe[demo]'"
-        ) from exc
-    plain, _ = split_url(url)
-    config: dict[str, Any] = dict(dj_database_url.parse(plain))
-    config.update(options)
-    return config
-
-
-def configure_django(url: str, *, pool: bool = False) -> str:
-    """``settings.configure()`` for one database at ``url``; returns the driver."""
-    from django.conf import settings
-
-    _, driver = split_url(url)
-    select_driver(driver)
-    db = database_settings(url)
-    if pool:
-        db.setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 4}
-    settings.configure(
-        DATABASES={"default": db},
-        INSTALLED_APPS=["django.contrib.contenttypes"],
-        USE_TZ=True,
-    )
-    return driver
-
-
-# --- measurements ---------------------------------------------------------------------------
-
-
-def backend_id(alias: str = "default") -> int:
-    """The server-side id of ``alias``'s session in this thread (SQLite: the handle's id)."""
-    from django.db import connections
-
-    conn = connections[alias]
-    with conn.cursor() as cursor:
-        if conn.vendor == "postgresql":
-            cursor.execute("SELECT pg_backend_pid()")
-        elif conn.vendor == "mysql":
-            cursor.execute("SELECT CONNECTION_ID()")
-        else:
-            cursor.execute("SELECT 1")
-            return id(conn.connection)
-        row = cursor.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def count_sessions(url: str) -> int | None:
-    """Client sessions on the server for the database at ``url`` (None for SQLite).
-
-    Uses a connection of its own, opened and closed here, and leaves it out of
-    the count. (``url`` names the database the caller configured as ``default``.)
-    """
-    sessions = _sessions.list_sessions("default")
-    return None if sessions is None else len(sessions)
-
-
-def session_groups(alias: str = "default") -> dict[tuple[str, str], int] | None:
-    """Other client sessions on ``alias``'s database now, by (client address, state).
-
-    PostgreSQL: ``host(client_addr)`` (``"local"`` for a Unix socket) and
-    ``state``; MariaDB/MySQL: ``HOST`` without its port and ``COMMAND``. None
-    for SQLite.
-    """
-    sessions = _sessions.list_sessions(alias)
-    if sessions is None:
-        return None
-    groups: dict[tuple[str, str], int] = {}
-    for session in sessions:
-        key = (session.host, session.state)
-        groups[key] = groups.get(key, 0) + 1
-    return groups
-
-
-def quiet_sessions(url: str, timeout: float = 5.0, *, stable_for: float = 0.1) -> int | None:
-    """The session count once it has not moved for ``stable_for`` seconds.
-
-    For a baseline: sessions of earlier work may still be ending when a
-    measurement starts, and would then count as "closed by" what is measured.
-    """
-    deadline = time.monotonic() + timeout
-    last = count_sessions(url)
-    since = time.monotonic()
-    while last is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = count_sessions(url)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= stable_for:
-            break
-    return last
-
-
-def settle_sessions(
-    url: str, expected: int | None, timeout: float = 3.0, *, at_most: bool = False
-) -> int | None:
-    """Count sessions until the count reaches ``expected`` or ``timeout`` passes.
-
-    A session whose client vanished (SIGKILL, ``os._exit``) or said goodbye
-    ends when the server has read that, a moment later. ``at_most``: stop as
-    soon as the count is ``expected`` or lower (for "nothing was left behind"
-    checks, where sessions of earlier work may still be ending).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        n = count_sessions(url)
-        done = n is None or n == expected or (at_most and expected is not None and n < expected)
-        if done or time.monotonic() > deadline:
-            return n
-        time.sleep(0.05)
 
 
 # --- the child ----------------------------------------------------------------------------
@@ -296,16 +138,16 @@ def _parent_check(parent_backend: int, result: Result) -> None:
 # --- scenarios -----------------------------------------------------------------------------
 
 
-def scenario_fork(url: str, exit_path: str, result: Result) -> None:
+def scenario_fork(exit_path: str, result: Result) -> None:
     """The parent holds a connection; a child exits by ``exit_path``."""
     parent_backend = backend_id()
-    result.sessions_before = count_sessions(url)
+    result.sessions_before = count_sessions()
     _fork_and_wait(exit_path, parent_backend, result)
     _parent_check(parent_backend, result)
-    result.sessions_after = settle_sessions(url, result.sessions_before)
+    result.sessions_after = settle_sessions(result.sessions_before)
 
 
-def scenario_fork_thread(url: str, exit_path: str, result: Result) -> None:
+def scenario_fork_thread(exit_path: str, result: Result) -> None:
     """Another thread of the parent holds a connection during the fork."""
     from django.db import connections
 
@@ -329,7 +171,7 @@ def scenario_fork_thread(url: str, exit_path: str, result: Result) -> None:
     thread.start()
     holding.wait(30)
     parent_backend = backend_id()
-    result.sessions_before = count_sessions(url)
+    result.sessions_before = count_sessions()
     _fork_and_wait(exit_path, parent_backend, result)
     forked.set()
     checked.wait(30)
@@ -339,12 +181,12 @@ def scenario_fork_thread(url: str, exit_path: str, result: Result) -> None:
     if "error" in seen:
         result.extra["thread_error"] = seen["error"]
     expected = None if result.sessions_before is None else result.sessions_before - 1
-    result.sessions_after = settle_sessions(url, expected)
+    result.sessions_after = settle_sessions(expected)
     if result.sessions_after is not None:
         result.sessions_after += 1  # the thread closed its own session on purpose
 
 
-def scenario_fork_pool(url: str, exit_path: str, result: Result) -> None:
+def scenario_fork_pool(exit_path: str, result: Result) -> None:
     """Django's native pool (PostgreSQL + psycopg 3, Django 5.1+)."""
     from django.db import connection
 
@@ -367,12 +209,12 @@ def _pool_task(_: int) -> tuple[int, int]:
     return os.getpid(), backend_id()
 
 
-def scenario_mp_pool(url: str, exit_path: str, result: Result) -> None:
+def scenario_mp_pool(exit_path: str, result: Result) -> None:
     """A ``fork`` pool after the parent used the DB: plain ``multiprocessing`` vs forksafe."""
     import multiprocessing
 
     parent_backend = backend_id()
-    result.sessions_before = count_sessions(url)
+    result.sessions_before = count_sessions()
     if result.mode == "forksafe":
         import forksafe
 
@@ -399,14 +241,14 @@ def scenario_mp_pool(url: str, exit_path: str, result: Result) -> None:
         pool.terminate()
     pool.join()
     _parent_check(parent_backend, result)
-    result.sessions_after = settle_sessions(url, result.sessions_before)
+    result.sessions_after = settle_sessions(result.sessions_before)
 
 
 def _one_query() -> None:
     backend_id()
 
 
-def scenario_threads(url: str, exit_path: str, result: Result) -> None:
+def scenario_threads(exit_path: str, result: Result) -> None:
     """50 short threads, one query each, all joined; no ``gc.collect()``.
 
     plain: ``threading.Thread``; forksafe: ``forksafe.Thread``. ``threads_any``
@@ -421,17 +263,17 @@ def scenario_threads(url: str, exit_path: str, result: Result) -> None:
         else:
             thread_class = forksafe.Thread
     parent_backend = backend_id()
-    result.sessions_before = count_sessions(url)
+    result.sessions_before = count_sessions()
     threads = [thread_class(target=_one_query) for _ in range(50)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     _parent_check(parent_backend, result)
-    result.sessions_after = settle_sessions(url, result.sessions_before, timeout=1.0)
+    result.sessions_after = settle_sessions(result.sessions_before, timeout=1.0)
 
 
-def scenario_executor(url: str, exit_path: str, result: Result) -> None:
+def scenario_executor(exit_path: str, result: Result) -> None:
     """An 8-worker executor runs 200 queries and is shut down (``CONN_MAX_AGE=None``)."""
     from concurrent.futures import Executor, ThreadPoolExecutor
 
@@ -446,15 +288,15 @@ def scenario_executor(url: str, exit_path: str, result: Result) -> None:
     else:
         executor = ThreadPoolExecutor(8)
     parent_backend = backend_id()
-    result.sessions_before = count_sessions(url)
+    result.sessions_before = count_sessions()
     backends = set(executor.map(lambda _: backend_id(), range(200)))
     executor.shutdown(wait=True)
     result.extra["worker_sessions"] = len(backends)
     _parent_check(parent_backend, result)
-    result.sessions_after = settle_sessions(url, result.sessions_before, timeout=1.0)
+    result.sessions_after = settle_sessions(result.sessions_before, timeout=1.0)
 
 
-def scenario_threads_timeline(url: str, exit_path: str, result: Result) -> None:
+def scenario_threads_timeline(exit_path: str, result: Result) -> None:
     """Server sessions over time while 50 short threads run, and after they are joined.
 
     plain: ``threading.Thread``; forksafe: ``forksafe.Thread``. The threads start
@@ -477,7 +319,7 @@ def scenario_threads_timeline(url: str, exit_path: str, result: Result) -> None:
 
     def sampler() -> None:
         while not stop.is_set():
-            n = count_sessions(url)
+            n = count_sessions()
             samples.append([round(time.monotonic() - start, 4), float(n or 0)])
             stop.wait(0.02)
 
@@ -488,7 +330,7 @@ def scenario_threads_timeline(url: str, exit_path: str, result: Result) -> None:
     watcher = threading.Thread(target=sampler)
     watcher.start()
     # 50 sessions of the previous run (another process) may still be ending.
-    result.sessions_before = quiet_sessions(url, timeout=10, stable_for=0.6)
+    result.sessions_before = quiet_sessions(timeout=10, stable_for=0.6)
     result.extra["started"] = round(time.monotonic() - start, 4)
     threads = [thread_class(target=short_task) for _ in range(50)]
     for t in threads:
@@ -500,12 +342,12 @@ def scenario_threads_timeline(url: str, exit_path: str, result: Result) -> None:
     time.sleep(1.5)
     stop.set()
     watcher.join()
-    result.sessions_after = count_sessions(url)
+    result.sessions_after = count_sessions()
     result.extra["samples"] = samples
     gc.enable()
 
 
-def scenario_ping(url: str, exit_path: str, result: Result) -> None:
+def scenario_ping(exit_path: str, result: Result) -> None:
     """Connect once (5 s connect timeout); ``parent_error`` says why that failed."""
     from django.db import connections
 
@@ -533,7 +375,7 @@ _SCENARIO_FUNCS = {
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m forksafe._scenarios")
+    parser = argparse.ArgumentParser(prog="python -m forksafe.demo._scenarios")
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--database", required=True)
     parser.add_argument(
@@ -562,7 +404,7 @@ def _main(argv: list[str] | None = None) -> int:
     from django.db import connection
 
     result = Result(scenario=args.scenario, mode=args.mode, vendor=connection.vendor, driver=driver)
-    _SCENARIO_FUNCS[args.scenario](args.database, args.exit_path, result)
+    _SCENARIO_FUNCS[args.scenario](args.exit_path, result)
     data = asdict(result)
     data["sessions_left"] = result.sessions_left
     sys.stdout.write(json.dumps(data) + "\n")
@@ -586,7 +428,7 @@ def run(
     cmd = [
         sys.executable,
         "-m",
-        "forksafe._scenarios",
+        "forksafe.demo._scenarios",
         scenario,
         "--database",
         database,

@@ -1,10 +1,13 @@
 """``forksafe demo``: run the scenarios, plain Django vs forksafe, and print what was measured.
 
 Every figure comes from a real run: each scenario is a fresh interpreter
-(``python -m forksafe._scenarios``) that forks, starts threads or a process
+(``python -m forksafe.demo._scenarios``) that forks, starts threads or a process
 pool for real and asks the database server which session answered; the uWSGI
 rows start real uWSGI servers (``uwsgi_examples/``) and fire real requests.
 Without ``--database`` a temporary SQLite file is used.
+
+This package is the demo's own: the scenarios (``_scenarios``), the plot
+(``_plot``) and this command line. Nothing else in forksafe imports it.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from forksafe import _scenarios
+from forksafe import _urls
+
+# ``_scenarios`` is imported where it is used: ``python -m forksafe.demo._scenarios``
+# imports this package first, and must not find its own module already imported.
 
 __all__ = ["GROUPS", "main", "run_demo"]
 
 #: What ``--only`` accepts.
 GROUPS = ("fork", "pools", "threads", "uwsgi")
-MODES = ("plain", "forksafe")
+#: The scenario modes (``_scenarios.MODES``) that each table compares.
+COMPARED_MODES = ("plain", "forksafe")
 UWSGI_WORKERS = 4
 UWSGI_REQUESTS = 200
 UWSGI_CONCURRENCY = 16
@@ -105,7 +112,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 def _has_native_pool(url: str) -> bool:
     import django
 
-    _, driver = _scenarios.split_url(url)
+    _, driver = _urls.split_url(url)
     return url.startswith("postgresql") and driver == "psycopg" and django.VERSION >= (5, 1)
 
 
@@ -145,7 +152,7 @@ def _uwsgi_examples() -> tuple[Any, Any, str | None]:
     when the example project or the ``uwsgi`` binary is not there."""
     from pathlib import Path
 
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     try:
         import uwsgi_examples.load as load
         import uwsgi_examples.run as run
@@ -236,12 +243,14 @@ def _run(
     database: str, out: TextIO, only: tuple[str, ...], plot: str | None, progress: TextIO
 ) -> int:
     try:
-        _scenarios.split_url(database)
+        _urls.split_url(database)
     except ValueError as exc:
         return _fail(f"bad --database: {exc}")
+    from forksafe.demo import _scenarios
+
     sqlite = database.startswith("sqlite")
     if plot is not None:
-        from forksafe import _plot
+        from forksafe.demo import _plot
 
         if sqlite:
             return _fail(
@@ -273,7 +282,7 @@ def _run(
     uwsgi_note = None
     if "uwsgi" in only:
         run, load, uwsgi_note = _uwsgi_examples()
-    steps = len(rows) * len(MODES) + (len(MODES) if run is not None else 0)
+    steps = len(rows) * len(COMPARED_MODES) + (len(COMPARED_MODES) if run is not None else 0)
     bar = _Progress(steps, progress)
     table = [["scenario", "mode", "parent kept session", "child own session", "left", "verdict"]]
     uwsgi_table = [
@@ -281,7 +290,7 @@ def _run(
     ]
     try:
         for row in rows:
-            for mode in MODES:
+            for mode in COMPARED_MODES:
                 label = f"{row.title} ({mode})"
                 bar.begin(label)
                 res = _scenarios.run(row.scenario, database, exit_path=row.exit_path, mode=mode)
@@ -291,9 +300,9 @@ def _run(
         if run is not None:
             bar.begin("uWSGI: migrating the example project's tables")
             run.migrate(database)
-            for mode in MODES:
+            for mode in COMPARED_MODES:
                 label = f"uWSGI, {UWSGI_WORKERS} workers, {UWSGI_REQUESTS} requests ({mode})"
-                bar.begin(label, same_step=mode == MODES[0])
+                bar.begin(label, same_step=mode == COMPARED_MODES[0])
                 cells = _uwsgi_row(run, load, database, mode, sqlite)
                 uwsgi_table.append(cells)
                 bar.end(label, cells[-1])

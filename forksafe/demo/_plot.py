@@ -1,7 +1,7 @@
 """``forksafe demo --plot FILE.png``: server sessions over time, plain threads vs forksafe.
 
 Both curves are measured in fresh interpreters by the ``threads_timeline``
-scenario (:mod:`forksafe._scenarios`): 50 short threads, started 10 ms apart,
+scenario (:mod:`forksafe.demo._scenarios`): 50 short threads, started 10 ms apart,
 one query each, joined; a sampler counts the server's sessions every ~20 ms,
 with the cyclic garbage collector off (as between two collections of a real
 process). matplotlib is an optional extra: ``pip install 'forksafe[plot]'``.
@@ -39,7 +39,7 @@ def plot_timeline(database: str, path: str, shown: str, out: TextIO) -> None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    from forksafe import _scenarios
+    from forksafe.demo import _scenarios
 
     runs: dict[str, dict[str, Any]] = {}
     for mode in ("plain", "forksafe"):

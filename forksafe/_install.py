@@ -1,0 +1,42 @@
+"""``forksafe.install()``: switch everything on, in one call at start-up.
+
+The one module that knows every integration: it imports the fork hooks
+(``_fork``), the thread guard (``threads``) and the uWSGI hook (``uwsgi``);
+none of them imports it.
+"""
+
+from __future__ import annotations
+
+from forksafe import _fork, _registry, uwsgi
+from forksafe import threads as _threads  # the parameter ``threads`` shadows the name
+
+__all__ = ["install"]
+
+
+def install(*, close_before_fork: bool | None = None, threads: bool | None = None) -> None:
+    """Make every fork of this process safe for Django connections.
+
+    Call it early -- at the top of ``manage.py``, ``wsgi.py`` or the settings
+    module, before anything connects; it does not need Django to be set up.
+    The first call registers the at-fork hooks (:func:`os.register_at_fork`,
+    and uWSGI's post-fork chain under uWSGI) and tracks every connection
+    Django opens; later calls only change the options they name. An option
+    left out keeps its current value.
+
+    ``close_before_fork`` (default ``True``): before a fork, close the forking
+    thread's idle connections (see :func:`forksafe.prepare_fork`); the child
+    is safe either way.
+
+    ``threads`` (default ``False``): close the connections of *every* thread
+    when that thread ends, whoever started it; see ``forksafe.threads``.
+    """
+    for name, value in (("close_before_fork", close_before_fork), ("threads", threads)):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"install({name}=...) takes True or False, not {value!r}")
+    if close_before_fork is not None:
+        _fork.set_close_before_fork(close_before_fork)
+    _registry.start_tracking()
+    if threads is not None:
+        _threads.close_at_thread_exit(threads)
+    _fork.register_hooks()
+    uwsgi.install_if_under_uwsgi()
