@@ -13,7 +13,12 @@ from forksafe import threads as _threads  # the parameter ``threads`` shadows th
 __all__ = ["install"]
 
 
-def install(*, close_before_fork: bool | None = None, threads: bool | None = None) -> None:
+def install(
+    *,
+    close_before_fork: bool | None = None,
+    threads: bool | None = None,
+    freeze_gc: bool | None = None,
+) -> None:
     """Make every fork of this process safe for Django connections.
 
     Call it early -- at the top of ``manage.py``, ``wsgi.py`` or the settings
@@ -29,12 +34,27 @@ def install(*, close_before_fork: bool | None = None, threads: bool | None = Non
 
     ``threads`` (default ``False``): close the connections of *every* thread
     when that thread ends, whoever started it; see ``forksafe.threads``.
+
+    ``freeze_gc`` (default ``False``): :func:`gc.freeze` before each fork, in
+    the parent, and first thing in each child (where the parent forks in C,
+    as uWSGI's master does, that is the only one): the cyclic GC of the
+    children never scans what they inherited, so its scans do not copy the
+    shared pages. What is frozen is never collected afterwards, in the parent
+    either: for a process that loads once and then forks its workers, not for
+    one that keeps forking while it runs.
     """
-    for name, value in (("close_before_fork", close_before_fork), ("threads", threads)):
+    options = (
+        ("close_before_fork", close_before_fork),
+        ("threads", threads),
+        ("freeze_gc", freeze_gc),
+    )
+    for name, value in options:
         if value is not None and not isinstance(value, bool):
             raise TypeError(f"install({name}=...) takes True or False, not {value!r}")
     if close_before_fork is not None:
         _fork.set_close_before_fork(close_before_fork)
+    if freeze_gc is not None:
+        _fork.set_freeze_gc(freeze_gc)
     _registry.start_tracking()
     if threads is not None:
         _threads.close_at_thread_exit(threads)

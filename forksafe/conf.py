@@ -6,6 +6,7 @@ One dict in ``settings.py``; every key is optional::
         "INSTALL": True,            # AppConfig.ready() calls forksafe.install()
         "CLOSE_BEFORE_FORK": True,  # install(close_before_fork=...)
         "THREADS": False,           # install(threads=...)
+        "FREEZE_GC": False,         # install(freeze_gc=...)
     }
 """
 
@@ -19,6 +20,7 @@ DEFAULTS: dict[str, bool] = {
     "INSTALL": True,
     "CLOSE_BEFORE_FORK": True,
     "THREADS": False,
+    "FREEZE_GC": False,
 }
 
 
