@@ -172,10 +172,9 @@ def _detach_inherited(*, clean_transactions: bool) -> None:
         _left_in_atomic.clear()
     if _options.freeze_gc:
         gc.freeze()  # O(1) here; where the parent forked in C (uWSGI) the only freeze
-    _registry.start_counting_afresh()
     _reinit_signal_lock()  # before start_tracking(), which may connect the receiver
     _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
-    in_atomic: list[str] = []
+    in_atomic: list[str] | None = None  # allocated only when needed
     devnull: int | None = None
     me = threading.get_ident()
     for entry in _registry.take_inherited():

@@ -58,7 +58,6 @@ __all__ = [
     "note_detached",
     "register",
     "set_connect_hook",
-    "start_counting_afresh",
     "start_tracking",
     "stats",
     "take_inherited",
@@ -273,14 +272,17 @@ def take_inherited() -> list[Entry]:
     the raw connections they hold) are parked, never freed: they sit in pages
     shared copy-on-write with the parent, and freeing them would write there.
     Entries of connections this process opened itself (before its reset ran)
-    stay registered.
+    stay registered. The counts of :func:`stats` start from zero: the parent's
+    are not this process's.
     """
     global _entries, _by_thread
+    _opened.clear()
+    _detached.clear()
     pid = os.getpid()
+    _drivers.park((_entries, _by_thread))
     old = _entries
     _entries = {}
     _by_thread = {}
-    _drivers.park(old)
     taken = []
     for key, entry in old.items():
         if entry.pid == pid:
@@ -295,12 +297,6 @@ def note_detached(alias: str) -> None:
     """Count one inherited connection of ``alias`` detached in this process."""
     # dict.get, not Counter's __missing__: a Python call less in a forked child.
     _detached[alias] = _detached.get(alias, 0) + 1
-
-
-def start_counting_afresh() -> None:
-    """In a forked child: the parent's counts are not this process's."""
-    _opened.clear()
-    _detached.clear()
 
 
 def stats() -> dict[str, dict[str, int]]:
