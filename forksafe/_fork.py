@@ -207,6 +207,8 @@ def _detach_inherited(*, clean_transactions: bool) -> None:
                     and mine
                     and _owned_here(entry)
                 ):
+                    if in_atomic is None:
+                        in_atomic = []
                     in_atomic.append(wrapper.alias)
                     _left_in_atomic.append(weakref.ref(wrapper))
                 forget_connection(wrapper, clean=clean_transactions)
