@@ -46,7 +46,8 @@ def forget_connection(wrapper: BaseDatabaseWrapper, *, clean: bool) -> None:
     otherwise a wrapper inside ``atomic`` is left the way Django leaves a
     connection closed inside a transaction.
     """
-    wrapper.connection = None
+    if wrapper.connection is not None:  # a write less when Django closed it already
+        wrapper.connection = None
     if not wrapper.in_atomic_block:
         # Outside atomic there is no on_commit callback, savepoint or pending
         # rollback, and connect() resets the rest before the wrapper is used
