@@ -6,9 +6,11 @@ Each mode runs in its own interpreter (``os.register_at_fork`` hooks cannot be
 removed once registered), rounds interleaved so that machine noise hits every
 mode alike. One iteration = one query on each of the 4 aliases (reconnecting
 if the connection was closed), ``os.fork()``, the child ``os._exit(0)``\\ s at
-once, the parent ``waitpid``\\ s. Prints, per mode, the median over the rounds
+once, the parent ``wait4``\\ s. Prints, per mode, the median over the rounds
 of each round's median time per iteration and its ratio to plain Django
-measured in the same run; and what the child spends in forksafe's reset:
+measured in the same run; the same for the CPU time of parent and child per
+iteration (on a busy machine the wall time mostly measures the wait for a
+core); and what the child spends in forksafe's reset:
 the time between two at-fork hooks registered just before and just after
 ``forksafe.install()`` (so: forksafe's own child hook and nothing else), per
 fork and per inherited connection, and the page faults it takes (copy-on-write
@@ -78,21 +80,22 @@ def _inner(database: str, mode: str, forks: int) -> dict[str, list[float]]:
     for alias in ALIASES:
         _sessions.backend_id(alias)
     read_end, write_end = os.pipe()
-    times, reset_ns, faults = [], [], []
+    times, cpu, reset_ns, faults = [], [], [], []
     for _ in range(forks):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for alias in ALIASES:
             _sessions.backend_id(alias)
         pid = os.fork()
         if pid == 0:
             os.write(write_end, f"{marks[2] - marks[1]} {marks[3] - marks[0]}\n".encode())
             os._exit(0)
-        os.waitpid(pid, 0)
+        _, _, child = os.wait4(pid, 0)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu + child.ru_utime + child.ru_stime)
         ns, flt = os.read(read_end, 100).split()
         reset_ns.append(float(ns))
         faults.append(float(flt))
-    return {"times": times, "reset_ns": reset_ns, "faults": faults}
+    return {"times": times, "cpu": cpu, "reset_ns": reset_ns, "faults": faults}
 
 
 def main() -> int:
@@ -107,7 +110,7 @@ def main() -> int:
         return 0
 
     medians: dict[str, dict[str, list[float]]] = {
-        m: {"times": [], "reset_ns": [], "faults": []} for m in MODES
+        m: {"times": [], "cpu": [], "reset_ns": [], "faults": []} for m in MODES
     }
     for _ in range(args.rounds):
         for mode in MODES:
@@ -136,8 +139,8 @@ def main() -> int:
     med = {m: {k: statistics.median(v) for k, v in medians[m].items()} for m in MODES}
     base = med["plain"]
     print(
-        f"{'mode':<18} {'per iteration':>13} {'ratio':>7} {'child hook':>11}"
-        f" {'per conn.':>10} {'faults':>7}"
+        f"{'mode':<18} {'per iteration':>13} {'ratio':>7} {'CPU':>9} {'ratio':>7}"
+        f" {'child hook':>11} {'per conn.':>10} {'faults':>7}"
     )
     for mode in MODES:
         m = med[mode]
@@ -146,11 +149,14 @@ def main() -> int:
         per_conn = f"{hook_us / len(ALIASES):7.1f} us" if mode == "keep-open" else f"{'':>10}"
         print(
             f"{mode:<18} {m['times'] * 1000:10.3f} ms {m['times'] / base['times']:6.3f}x"
+            f" {m['cpu'] * 1000:6.3f} ms {m['cpu'] / base['cpu']:6.3f}x"
             f" {hook_us:8.1f} us {per_conn} {m['faults'] - base['faults']:7.0f}"
         )
     print(
-        "(child hook: forksafe's child reset, over plain's empty hooks; per conn.: divided by"
-        " the 4 inherited connections; faults: page faults the reset takes in the child)"
+        "(CPU: parent + child CPU time per iteration, which waiting for a busy machine's cores"
+        " does not inflate; child hook: forksafe's child reset, over plain's empty hooks;"
+        " per conn.: divided by the 4 inherited connections; faults: page faults the reset"
+        " takes in the child)"
     )
     return 0
 
