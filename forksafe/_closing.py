@@ -46,10 +46,18 @@ def forget_connection(wrapper: BaseDatabaseWrapper, *, clean: bool) -> None:
     otherwise a wrapper inside ``atomic`` is left the way Django leaves a
     connection closed inside a transaction.
     """
+    if wrapper.connection is not None:  # a write less when Django closed it already
+        wrapper.connection = None
+    if not wrapper.in_atomic_block:
+        # Outside atomic there is no on_commit callback, savepoint or pending
+        # rollback, and connect() resets the rest before the wrapper is used
+        # again: nothing more to write (a forked child copies each page it writes).
+        if wrapper.run_on_commit:
+            wrapper.run_on_commit = []
+        return
     # The on_commit callbacks belong to the transaction that is gone.
     wrapper.run_on_commit = []
-    wrapper.connection = None
-    if wrapper.in_atomic_block and not clean:
+    if not clean:
         # What BaseDatabaseWrapper.close() does inside atomic: ensure_connection()
         # then refuses to reconnect, Atomic.__exit__ cleans up.
         wrapper.closed_in_transaction = True

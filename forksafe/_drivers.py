@@ -14,25 +14,29 @@ socket that would then receive the old connection's goodbye (which is what a
 bare ``os.close(fd)`` risks). TLS connections need nothing more: their
 close_notify goes to ``/dev/null`` too.
 
-After that, the driver's own resources are released where that is safe:
+After that, the driver object is *kept*, never closed nor freed: parked for the
+rest of the child's life (:func:`park`). Freeing it would buy the child nothing
+and cost it time and memory: it sits in pages shared copy-on-write with the
+parent, and freeing (libpq's ``PQfinish``, ``mysql_close``, the Python objects'
+deallocation) writes to them, so the child takes a page fault and a private copy
+of each page it touches. Kept, it can never say goodbye either: it is never
+deallocated, and anything it could still write goes to ``/dev/null``. Its
+descriptor number stays taken by ``/dev/null`` for the child's life.
 
-=============  =========================  =============================================
-driver         socket                     release (after the dup2)
-=============  =========================  =============================================
-psycopg 3      ``conn.pgconn.socket``     ``pgconn.finish()`` (C, takes no Python lock)
-psycopg2       ``conn.fileno()``          ``close()``, only from the owning thread
-mysqlclient    ``conn.fileno()``          ``close()``, only from the owning thread
-PyMySQL        ``conn._sock.fileno()``    ``_force_close()`` (never sends COM_QUIT);
-                                          another thread's buffered reader is parked
-sqlite3        (file handles)             never: parked, see below
-=============  =========================  =============================================
+=============  =========================
+driver         socket
+=============  =========================
+psycopg 3      ``conn.pgconn.socket``
+psycopg2       ``conn.fileno()``
+mysqlclient    ``conn.fileno()``
+PyMySQL        ``conn._sock.fileno()``
+sqlite3        (file handles): parked, see below
+=============  =========================
 
-Objects that belonged to *another* thread of the parent are not entered from
-the child (psycopg2 holds a pthread mutex while a query runs; that thread does
-not exist in the child, so the mutex would never be released). Their
-deallocation later is harmless: psycopg and psycopg2 skip ``PQfinish`` in a
-process that did not open the connection, PyMySQL force-closes without
-``COM_QUIT``, and mysqlclient's ``COM_QUIT`` goes to ``/dev/null``.
+Finding the socket calls no driver method that takes a lock, so connections
+that *another* thread of the parent was using (and may have been inside when
+the process forked: that thread does not exist in the child) are detached the
+same way.
 
 SQLite: the SQLite documentation forbids carrying a connection across
 ``fork()`` (https://www.sqlite.org/howtocorrupt.html#_carrying_an_open_database_connection_across_a_fork_).
@@ -58,23 +62,37 @@ from typing import Any
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["detach", "detach_native_pools", "driver_of", "park"]
+__all__ = ["detach", "detach_native_pools", "driver_of", "open_devnull", "park"]
+
+# What park() keeps. Its own reference count is raised once, here, so that the
+# list -- and everything in it -- outlives interpreter finalization, which
+# clears module globals (and would deallocate a list held only by one).
+_parked: list[Any] = []
+ctypes.pythonapi.Py_IncRef(ctypes.py_object(_parked))
 
 
 def driver_of(raw: Any) -> str:
     """Name the DB-API driver of a raw connection: ``psycopg``, ``MySQLdb``, ..."""
-    return type(raw).__module__.partition(".")[0]
+    cls = type(raw)
+    driver = _driver_by_type.get(cls)
+    if driver is None:
+        # Found once per class (at registration, in the parent): a forked child
+        # only looks it up, allocating nothing.
+        driver = _driver_by_type[cls] = cls.__module__.partition(".")[0]
+    return driver
 
 
-def park(raw: Any) -> None:
-    """Keep ``raw`` alive until the process ends, so it is never closed.
+_driver_by_type: dict[type, str] = {}
 
-    A reference held by a module global is not enough: interpreter
-    finalization clears modules and would deallocate the object, which for
-    mysqlclient sends ``COM_QUIT`` and for SQLite may roll back a journal.
-    An extra reference count that nothing ever releases is.
+
+def park(obj: Any) -> None:
+    """Keep ``obj`` alive until the process ends: never closed, never deallocated.
+
+    Not even by interpreter finalization, which would deallocate an object
+    held only by a module global (mysqlclient's deallocation sends
+    ``COM_QUIT``, SQLite's may roll back a journal). O(1): one list append.
     """
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(raw))
+    _parked.append(obj)
 
 
 def _socket_fd(raw: Any, driver: str) -> int | None:
@@ -83,9 +101,13 @@ def _socket_fd(raw: Any, driver: str) -> int | None:
         sock = raw._sock
         return None if sock is None else int(sock.fileno())
     if driver == "psycopg":
-        if raw.closed:
+        # The C-level status (1: CONNECTION_BAD, also after close()), not the
+        # Python property ``closed`` that reads it: less code run in the child.
+        pgconn = raw.pgconn
+        if pgconn.status == 1:
             return None
-        return int(raw.pgconn.socket)
+        fd: int = pgconn.socket
+        return fd
     if driver in ("psycopg2", "MySQLdb"):
         # psycopg2: ``closed`` is an int; mysqlclient: ``open`` is an int.
         if getattr(raw, "closed", 0) or not getattr(raw, "open", 1):
@@ -108,41 +130,40 @@ _KNOWN = frozenset({"pymysql", "psycopg", "psycopg2", "MySQLdb"})
 _reported: set[type] = set()
 
 
-def _point_at_devnull(fd: int) -> None:
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+def open_devnull() -> int:
+    """A new descriptor open on ``/dev/null`` (close-on-exec); the caller closes it."""
+    return os.open(_DEVNULL, _DEVNULL_FLAGS)
+
+
+# Computed once: in a forked child, every object allocated is a page written.
+_DEVNULL = os.fsencode(os.devnull)
+_DEVNULL_FLAGS = os.O_RDWR | os.O_CLOEXEC
+
+
+def _point_at_devnull(fd: int, devnull: int | None) -> None:
+    if devnull is not None:
+        os.dup2(devnull, fd, inheritable=False)
+        return
+    devnull = open_devnull()
     try:
         os.dup2(devnull, fd, inheritable=False)
     finally:
         os.close(devnull)
 
 
-def _release(raw: Any, driver: str, owned: bool) -> None:
-    """Free the driver's resources; every goodbye now goes to /dev/null."""
-    if driver == "psycopg":
-        # Not ``close()``: on a pooled connection it may hand the connection
-        # back to the parent's pool. ``finish()`` is PQfinish, no Python lock.
-        raw.pgconn.finish()
-    elif driver == "pymysql":
-        if not owned:
-            # Another thread may have been reading at fork time: the buffered
-            # reader's lock is then held by a thread that does not exist here,
-            # and closing the reader (now, or when it is collected) would wait
-            # forever. Keep it, unclosed, for the life of the process.
-            park(raw._rfile)
-            raw._rfile = None
-        raw._force_close()
-    elif owned:
-        raw.close()
-
-
-def detach(raw: Any, *, owned: bool, alias: str = "?") -> str:
+def detach(raw: Any, *, owned: bool, alias: str = "?", devnull: int | None = None) -> str:
     """Detach ``raw`` from its server session in this (forked) process, without network I/O.
+
+    Points its socket at ``/dev/null`` and parks it (:func:`park`): it is
+    never closed nor freed in this process.
 
     ``owned`` is true when the calling thread is the one that used ``raw`` in
     the parent (or nothing else can be inside it, like a pool's idle
-    connection): only then are driver methods that take locks called.
+    connection); ``alias`` names the connection in log messages.
 
-    ``alias`` only names the connection in log messages.
+    ``devnull``: a descriptor open on ``/dev/null`` to use (:func:`open_devnull`;
+    the caller closes it), so that a reset of several connections opens it
+    once; by default one is opened for this call.
 
     Returns what was done, for logging and stats: ``"detached"``,
     ``"closed-already"`` or ``"parked"``. Never raises.
@@ -155,7 +176,7 @@ def detach(raw: Any, *, owned: bool, alias: str = "?") -> str:
         fd = _socket_fd(raw, driver)
         if fd is None or fd < 0:  # -1: a close() in another thread got that far
             return "closed-already"
-        _point_at_devnull(fd)
+        _point_at_devnull(fd, devnull)
     except _NoDescriptor:
         if type(raw) not in _reported:
             _reported.add(type(raw))
@@ -184,33 +205,20 @@ def detach(raw: Any, *, owned: bool, alias: str = "?") -> str:
             return "parked"
         logger.warning(
             "forksafe: could not find the socket of the inherited %s connection of"
-            " alias %r; it is kept open and unused in this process so that it never"
-            " says goodbye to the server",
+            " alias %r (%s); it is kept open and unused in this process so that it"
+            " never says goodbye to the server",
             driver,
             alias,
+            "used by this thread" if owned else "used by another thread at fork time",
             exc_info=True,
         )
         park(raw)
         return "parked"
-    if driver not in _KNOWN:
-        # Its close() may take locks or do anything: leave it to its deallocation,
-        # whose goodbye (if any) now goes to /dev/null.
-        return "detached"
-    try:
-        _release(raw, driver, owned)
-    except Exception:
-        # The socket already points at /dev/null: parking only saves memory.
-        logger.debug(
-            "forksafe: releasing the detached %s connection of alias %r failed",
-            driver,
-            alias,
-            exc_info=True,
-        )
-        park(raw)
+    park(raw)
     return "detached"
 
 
-def detach_native_pools() -> int:
+def detach_native_pools(devnull: int | None = None) -> int:
     """Drop Django's native psycopg pools (Django 5.1+) inherited from the parent.
 
     ``django.db.backends.postgresql.base.DatabaseWrapper._connection_pools`` is a
@@ -220,10 +228,10 @@ def detach_native_pools() -> int:
     the parent's sessions, and it takes the pool's lock, which one of the
     parent's (vanished) pool threads may have held at fork time.
 
-    So: point each idle connection at /dev/null and finish it, mark the pool
-    closed so that its ``__del__`` does nothing, and forget it. The wrapper
-    builds a new pool in this process on its next connect
-    (Django ticket #36957 tracks fork support upstream).
+    So: detach each idle connection, mark the pool closed so that its
+    ``__del__`` does nothing, park it, and forget it. The wrapper builds a new
+    pool in this process on its next connect (Django ticket #36957 tracks fork
+    support upstream). ``devnull`` as for :func:`detach`.
 
     Returns the number of pooled connections detached.
     """
@@ -238,9 +246,10 @@ def detach_native_pools() -> int:
         try:
             idle = list(getattr(pool, "_pool", ()))
             for raw in idle:
-                detach(raw, owned=True, alias=alias)
+                detach(raw, owned=True, alias=alias, devnull=devnull)
                 count += 1
             pool._closed = True  # psycopg_pool's __del__ returns early when closed
+            park(pool)
         except Exception:
             logger.warning(
                 "forksafe: could not detach the native pool of alias %r; it is kept"

@@ -11,6 +11,7 @@ such as uWSGI: those call the two public functions from their own hooks
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -42,6 +43,7 @@ __all__ = [
     "reset_after_late_install",
     "reset_child",
     "set_close_before_fork",
+    "set_freeze_gc",
 ]
 
 
@@ -53,6 +55,7 @@ class _Options:
     # the parent buys it nothing and costs the parent its session state and a
     # reconnect per fork. True: at every os.fork() too. False: nowhere implicit.
     close_before_fork: bool | None = None
+    freeze_gc: bool = False
 
 
 _options = _Options()
@@ -82,6 +85,11 @@ def wrappers_clean_up() -> bool:
     """
     option = _options.close_before_fork
     return option is None or (option is True and not _hooks_registered)
+
+
+def set_freeze_gc(enabled: bool) -> None:
+    """Set whether forks freeze the cyclic GC's objects (``install(freeze_gc=...)``)."""
+    _options.freeze_gc = enabled
 
 
 def register_hooks() -> None:
@@ -299,6 +307,11 @@ def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None) -> No
 
     ``bypass``: no fork hook ran this reset (the pid check did, or a late
     ``install()``); counted, logged and signalled as such.
+
+    Runs in every forked child before any of its own code, so it is kept to
+    the floor: what the child writes to, it copies (copy-on-write), and each
+    page costs a fault. One ``/dev/null`` open for all connections, no
+    registry walk beyond the inherited entries, nothing freed.
     """
     global _reset_pid
     pid = os.getpid()
@@ -306,30 +319,50 @@ def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None) -> No
         return
     _reset_pid = pid
     _close_at_exit()
-    _left_in_atomic.clear()
-    _registry.start_counting_afresh()
+    if _left_in_atomic:
+        _left_in_atomic.clear()
+    if _options.freeze_gc:
+        gc.freeze()  # O(1) here; where the parent forked in C (uWSGI) the only freeze
     _reinit_signal_lock()  # before start_tracking(), which may connect the receiver
     _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
-    in_atomic: list[str] = []
+    in_atomic: list[str] | None = None  # allocated only when needed
+    devnull: int | None = None
     detached = 0
-    for entry in list(_registry.inherited()):
-        wrapper = entry.wrapper
-        owned = _owned_here(entry)
+    me = threading.get_ident()
+    for entry in _registry.take_inherited():
+        wrapper = entry.wrapper_ref()
+        # Another thread's connection is never *entered*; what needs more
+        # than this (in-memory SQLite, atomic) asks _owned_here().
+        mine = entry.thread_id == me
         try:
-            if wrapper is not None and owned and is_in_memory_sqlite(wrapper):
+            if (
+                wrapper is not None
+                and entry.vendor == "sqlite"
+                and _owned_here(entry)
+                and is_in_memory_sqlite(wrapper)
+            ):
                 # The database lives only inside this handle, and fork gave the
                 # child a private copy: keep it, as plain Django does.
                 _registry.register(wrapper)
                 continue
-            how = _drivers.detach(entry.raw, owned=owned, alias=entry.alias)
+            if devnull is None and entry.driver != "sqlite3":
+                devnull = _drivers.open_devnull()
+            how = _drivers.detach(entry.raw, owned=mine, alias=entry.alias, devnull=devnull)
             if how != "closed-already":
                 _registry.note_detached(entry.alias)
                 detached += 1
                 _report_detached(entry, wrapper, how, bypass is not None)
             if wrapper is not None:
                 if wrapper.connection is not None and wrapper.connection is not entry.raw:
-                    _drivers.detach(wrapper.connection, owned=owned, alias=entry.alias)
-                if owned and wrapper.in_atomic_block and not clean_transactions:
+                    _drivers.detach(wrapper.connection, owned=mine, alias=entry.alias)
+                if (
+                    wrapper.in_atomic_block
+                    and not clean_transactions
+                    and mine
+                    and _owned_here(entry)
+                ):
+                    if in_atomic is None:
+                        in_atomic = []
                     in_atomic.append(wrapper.alias)
                     _left_in_atomic.append(weakref.ref(wrapper))
                 forget_connection(wrapper, clean=clean_transactions)
@@ -344,12 +377,12 @@ def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None) -> No
             _drivers.park(entry.raw)
             if wrapper is not None:
                 wrapper.connection = None
-        finally:
-            _registry.forget(entry)
     try:
-        _drivers.detach_native_pools()
+        _drivers.detach_native_pools(devnull)
     except Exception:
         logger.warning("forksafe: detaching Django's native pools failed", exc_info=True)
+    if devnull is not None:  # nothing above raises but BaseException
+        os.close(devnull)
     if in_atomic:
         logger.info(
             "forksafe: this process forked inside transaction.atomic() (%s); queries"
@@ -399,7 +432,9 @@ def _reinit_signal_lock() -> None:
     """
     module = sys.modules.get("django.db.backends.signals")
     signal = getattr(module, "connection_created", None)
-    if signal is not None:
+    # Only a held lock needs replacing: a new one is an allocation (and the old
+    # one a deallocation) in the child for nothing.
+    if signal is not None and signal.lock.locked():
         signal.lock = threading.Lock()
     signals.reinit_locks()  # forksafe's own, sent during the reset
 
@@ -429,6 +464,8 @@ def _at_fork_before() -> None:
         logger.info("%s", warning)
     except Exception:
         logger.warning("forksafe: the pre-fork cleanup failed", exc_info=True)
+    if _options.freeze_gc:
+        gc.freeze()  # install(freeze_gc=True); last, right before the fork
 
 
 def _at_fork_in_parent() -> None:
@@ -444,7 +481,8 @@ def _at_fork_in_child() -> None:
     if not _hooks_registered:
         return
     try:
-        reset_child()
+        # reset_child() without the worker part: one call less in every child.
+        _detach_inherited(clean_transactions=False, bypass=None)
     except Exception:
         logger.warning(
             "forksafe: detaching the inherited connections after a fork failed", exc_info=True

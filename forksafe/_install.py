@@ -13,7 +13,12 @@ from forksafe import threads as _threads  # the parameter ``threads`` shadows th
 __all__ = ["install"]
 
 
-def install(*, close_before_fork: bool | None = None, threads: bool | None = None) -> None:
+def install(
+    *,
+    close_before_fork: bool | None = None,
+    threads: bool | None = None,
+    freeze_gc: bool | None = None,
+) -> None:
     """Make every fork of this process safe for Django connections.
 
     Call it early -- at the top of ``manage.py``, ``wsgi.py`` or the settings
@@ -23,10 +28,12 @@ def install(*, close_before_fork: bool | None = None, threads: bool | None = Non
     Django opens; later calls only change the options they name. An option
     left out keeps its current value.
 
-    ``close_before_fork`` (default ``False``): run the pre-fork cleanup of
-    :func:`forksafe.prepare_fork` before every ``os.fork()`` too. The child is
-    safe either way; the cleanup ends the session (and its locks, temporary
-    tables, ``SET`` values) of every idle connection of the forking thread.
+    ``close_before_fork``: ``True`` runs the pre-fork cleanup of
+    :func:`forksafe.prepare_fork` before every ``os.fork()`` too; left unset,
+    only the pool and process wrappers run it; ``False``: they neither (README:
+    "What is closed before a fork"). The child is safe either way; the cleanup
+    ends the session (and its locks, temporary tables, ``SET`` values) of every
+    idle connection of the forking thread.
 
     Every Django connection also checks, before each use, that this process
     opened it: a fork that no hook saw (uWSGI without ``master``, ``fork()``
@@ -35,12 +42,27 @@ def install(*, close_before_fork: bool | None = None, threads: bool | None = Non
 
     ``threads`` (default ``False``): close the connections of *every* thread
     when that thread ends, whoever started it; see ``forksafe.threads``.
+
+    ``freeze_gc`` (default ``False``): :func:`gc.freeze` before each fork, in
+    the parent, and first thing in each child (where the parent forks in C,
+    as uWSGI's master does, that is the only one): the cyclic GC of the
+    children never scans what they inherited, so its scans do not copy the
+    shared pages. What is frozen is never collected afterwards, in the parent
+    either: for a process that loads once and then forks its workers, not for
+    one that keeps forking while it runs.
     """
-    for name, value in (("close_before_fork", close_before_fork), ("threads", threads)):
+    options = (
+        ("close_before_fork", close_before_fork),
+        ("threads", threads),
+        ("freeze_gc", freeze_gc),
+    )
+    for name, value in options:
         if value is not None and not isinstance(value, bool):
             raise TypeError(f"install({name}=...) takes True or False, not {value!r}")
     if close_before_fork is not None:
         _fork.set_close_before_fork(close_before_fork)
+    if freeze_gc is not None:
+        _fork.set_freeze_gc(freeze_gc)
     _guard.install()
     _fork.reset_after_late_install()
     _registry.start_tracking()

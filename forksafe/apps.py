@@ -39,6 +39,7 @@ class ForkSafeConfig(AppConfig):
             install(
                 close_before_fork=conf.explicit("CLOSE_BEFORE_FORK"),
                 threads=conf.explicit("THREADS"),
+                freeze_gc=conf.explicit("FREEZE_GC"),
             )
             # Django runs no system checks inside a WSGI server: say it here.
             checks.log_server_warnings()

@@ -7,6 +7,7 @@ One dict in ``settings.py``; every key is optional::
         "CLOSE_BEFORE_FORK": True,  # install(close_before_fork=...); left out: the default
         "THREADS": False,           # install(threads=...); unset: on under ASGI
         "POOLER": "transaction",    # or {"default": "transaction"}: how PgBouncer pools
+        "FREEZE_GC": False,         # install(freeze_gc=...)
     }
 
 ``THREADS`` left unset is switched on at the first ASGI request
@@ -27,6 +28,7 @@ DEFAULTS: dict[str, bool] = {
     "INSTALL": True,
     "CLOSE_BEFORE_FORK": False,
     "THREADS": False,
+    "FREEZE_GC": False,
 }
 #: Keys that are not switches; whoever uses them validates them.
 OTHER_KEYS = ("POOLER",)

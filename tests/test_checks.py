@@ -32,7 +32,7 @@ def test_unknown_key_is_an_error_naming_the_key_and_the_valid_ones() -> None:
         messages = checks.forksafe_checks()
     assert _ids(messages) == ["forksafe.E001"]
     assert "'TREADS'" in messages[0].msg
-    assert "CLOSE_BEFORE_FORK, INSTALL, THREADS" in str(messages[0].hint)
+    assert "CLOSE_BEFORE_FORK, FREEZE_GC, INSTALL, THREADS" in str(messages[0].hint)
 
 
 def test_forksafe_setting_that_is_not_a_dict_is_an_error() -> None:
@@ -177,3 +177,18 @@ def test_app_ready_keeps_the_options_of_an_earlier_install_call() -> None:
     assert _ready_in_fresh_process({}, before) == "True False True"
     # A setting the user wrote wins over the earlier call.
     assert _ready_in_fresh_process({"THREADS": False}, before) == "True False False"
+
+
+def test_app_ready_sets_freeze_gc_from_the_setting() -> None:
+    code = textwrap.dedent(
+        """
+        import django
+        from django.conf import settings
+        settings.configure(INSTALLED_APPS=["forksafe"], FORKSAFE={"FREEZE_GC": True})
+        django.setup()
+        from forksafe import _fork
+        print(_fork._options.freeze_gc)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

@@ -62,6 +62,14 @@ def test_workers_each_get_their_own_session_under_a_thousand_concurrent_requests
         assert settle_sessions(baseline + WORKERS + 1) == baseline + WORKERS + 1
 
 
+def test_freeze_gc_workers_start_frozen_and_each_get_their_own_session(example_db: str) -> None:
+    """``install(freeze_gc=True)``: uWSGI's master forks in C, so each worker freezes first."""
+    with Server("preforked", example_db, forksafe="freeze", processes=WORKERS) as server:
+        result = fire(server.url, requests=200, concurrency=16, timeout=10)
+    assert_own_sessions(result, workers=WORKERS)
+    assert all(r["frozen"] > 0 for r in result.responses), {r["frozen"] for r in result.responses}
+
+
 def test_control_plain_django_workers_share_the_master_session(
     example_db: str, baseline: int
 ) -> None:

@@ -176,11 +176,16 @@ def command(
     ]
 
 
-def migrate(database_url: str) -> None:
-    """Create the example's tables (``manage.py migrate``) in ``database_url``."""
+def migrate(database_url: str, *, settings: str | None = None) -> None:
+    """Create the example's tables (``manage.py migrate``) in ``database_url``.
+
+    ``settings``: a settings module other than ``exampleproject.settings``
+    (``exampleproject.settings_large``).
+    """
+    extra = {"DJANGO_SETTINGS_MODULE": settings} if settings else {}
     subprocess.run(
         [sys.executable, str(HERE / "manage.py"), "migrate", "--verbosity", "0"],
-        env=environment(database_url, 0),
+        env=environment(database_url, 0, **extra),
         cwd=HERE,
         check=True,
         timeout=120,

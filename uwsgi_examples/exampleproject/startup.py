@@ -5,7 +5,8 @@ Environment variables (all optional):
 * ``EXAMPLE_FORKSAFE``: ``1`` (default) calls ``forksafe.install()`` (and gunicorn.conf.py
   adds forksafe's server hooks too); ``wsgi`` calls ``install()`` in wsgi.py only, with no
   server hooks (what the README says is enough for gunicorn); ``hook`` leaves it to the
-  gunicorn.conf.py hooks alone; ``0`` runs plain Django (the control).
+  gunicorn.conf.py hooks alone; ``freeze`` calls ``forksafe.install(freeze_gc=True)``;
+  ``0`` runs plain Django (the control).
 * ``EXAMPLE_FORKSAFE_APP``: ``1`` adds ``"forksafe"`` to ``INSTALLED_APPS`` with
   ``FORKSAFE = {"THREADS": True}`` (its ``ready()`` logs the uWSGI checks, W003).
 * ``EXAMPLE_USER_HOOK``: ``decorator-before`` / ``decorator-after`` register a
@@ -17,8 +18,10 @@ Environment variables (all optional):
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 from typing import Any
 
 #: Filled in while the application loads (uWSGI master / gunicorn arbiter, or
@@ -59,10 +62,11 @@ def register_user_hook(when: str) -> None:
 
 def install_forksafe() -> None:
     """``forksafe.install()`` unless ``EXAMPLE_FORKSAFE`` says otherwise."""
-    if os.environ.get("EXAMPLE_FORKSAFE", "1") in ("1", "wsgi"):
+    mode = os.environ.get("EXAMPLE_FORKSAFE", "1")
+    if mode in ("1", "wsgi", "freeze"):
         import forksafe
 
-        forksafe.install()
+        forksafe.install(freeze_gc=mode == "freeze")
 
 
 def touch_database() -> None:
@@ -74,6 +78,34 @@ def touch_database() -> None:
     STATE["loader_pid"] = os.getpid()
     STATE["loader_backend"] = backend_id()
     STATE["contenttypes"] = ContentType.objects.count()
+
+
+def warm_up(application: Any) -> None:
+    """With ``settings.EXAMPLE_WARM_UP``: load lazily built state before the fork.
+
+    Imports the URLconf and every view, builds the reverse map and sends a few
+    requests through the WSGI ``application``, so that what Django builds on
+    first use (resolver caches, compiled queries, specialised bytecode) is
+    shared copy-on-write by the workers: what production deployments do in
+    the loading process. Without it each worker builds its own copy.
+    """
+    from django.conf import settings
+    from django.urls import reverse
+
+    if not getattr(settings, "EXAMPLE_WARM_UP", False):
+        return
+    reverse("admin:index")
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+    }
+    for _ in range(20):
+        b"".join(application(dict(environ), lambda status, headers, exc_info=None: None))
 
 
 def _report_queries(path: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 from exampleproject.views import (
+    collect,
     enqueue,
     sleep,
     ticks,
@@ -21,4 +22,5 @@ urlpatterns = [
     path("spool", enqueue),
     path("sleep", sleep),
     path("ticks", ticks),
+    path("collect", collect),
 ]

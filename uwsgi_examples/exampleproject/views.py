@@ -10,6 +10,7 @@ loop's default executor, shared by every request) and ``/to-thread`` through
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -24,6 +25,16 @@ from exampleproject import startup
 from exampleproject.startup import STATE
 
 from forksafe._sessions import backend_id
+
+_FROZEN: dict[int, int] = {}
+
+
+def _frozen_at_first_request() -> int:
+    """``gc.get_freeze_count()`` of this process, counted once: it walks every frozen object."""
+    pid = os.getpid()
+    if pid not in _FROZEN:
+        _FROZEN[pid] = gc.get_freeze_count()
+    return _FROZEN[pid]
 
 
 def _queries() -> dict[str, Any]:
@@ -50,6 +61,7 @@ def _queries() -> dict[str, Any]:
         "loader_backend": STATE.get("loader_backend"),
         "postfork_pid": STATE.get("postfork_pid"),
         "postfork_backend": STATE.get("postfork_backend"),
+        "frozen": _frozen_at_first_request(),
     }
 
 
@@ -118,3 +130,8 @@ def ticks(request: HttpRequest) -> JsonResponse:
             _ticker = threading.Thread(target=_tick, daemon=True)
             _ticker.start()
     return JsonResponse({"pid": os.getpid(), "ticks": now})
+
+
+def collect(request: HttpRequest) -> JsonResponse:
+    """Run a full garbage collection in this worker, as a long-running worker eventually does."""
+    return JsonResponse({"pid": os.getpid(), "collected": gc.collect()})

@@ -21,5 +21,6 @@ from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 application = get_wsgi_application()
 startup.touch_database()
+startup.warm_up(application)
 startup.register_mule()
 startup.register_spooler()
