@@ -453,11 +453,13 @@ def _at_fork_before() -> None:
     try:
         if _options.close_before_fork is not True:
             signals.send(signals.fork_prepared, closed=[], kept=[])
-            return
-        _closed, in_transaction = cleanup()
-        if in_transaction:
-            # stacklevel=2: the line that called os.fork() (the hook is called from C).
-            warnings.warn(_in_transaction_message(in_transaction), ForkSafeWarning, stacklevel=2)
+        else:
+            _closed, in_transaction = cleanup()
+            if in_transaction:
+                # stacklevel=2: the line that called os.fork() (the hook is called from C).
+                warnings.warn(
+                    _in_transaction_message(in_transaction), ForkSafeWarning, stacklevel=2
+                )
     except ForkSafeWarning as warning:
         # Warnings turned into errors (pytest's filterwarnings = error): the cleanup
         # went well, and an exception cannot leave a fork hook anyway.
