@@ -13,11 +13,9 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
-
 import forksafe
 from forksafe._sessions import backend_id
-from tests._abandoned import abandoned_after, settled_abandoned
+from tests._abandoned import settled_abandoned
 from tests._queues import ROOT, require_heavy_driver, worker_env
 
 
@@ -101,14 +99,3 @@ def test_raw_fork_child_exiting_normally_closes_its_sessions_and_native_pool(
     before = settled_abandoned()
     _raw_fork(driver, _aliases(driver))
     assert settled_abandoned() == before
-
-
-def test_control_raw_fork_child_without_forksafe_abandons_its_native_pool(
-    db: None, driver: str
-) -> None:
-    if driver != "psycopg":
-        pytest.skip("Django's native pool needs psycopg 3")
-    before = settled_abandoned()
-    _raw_fork(driver, ["pooled"], FORKSAFE_TEST_PLAIN="1")
-    # The pool's min_size sessions: wait until both are counted (backends report as they end).
-    assert abandoned_after(before + 1) >= before + 2
