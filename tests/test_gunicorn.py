@@ -88,7 +88,8 @@ def test_graceful_reload_closes_the_old_workers_sessions_cleanly(
 ) -> None:
     with Server("gunicorn", example_db, processes=WORKERS) as server:
         before = fire(server.url, requests=200, concurrency=16)
-        assert_own_sessions(before, workers=WORKERS)
+        # Not workers=WORKERS: a fast burst may finish before the last worker has booted.
+        assert_own_sessions(before)
         server.signal(signal.SIGHUP)
         wait_for_new_workers(server, before.pids)
         after = fire(server.url, requests=400, concurrency=16)
