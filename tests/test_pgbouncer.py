@@ -152,13 +152,18 @@ def test_preforked_gunicorn_workers_each_hold_their_own_pooler_connection(
 def test_control_plain_django_preforked_workers_share_the_arbiters_pooler_connection(
     pooler: PgBouncer, example_tables: None
 ) -> None:
-    """Measured: 125 of 300 requests failed (HTTP 500), every worker on one client port."""
+    """Measured: 125 of 300 requests failed (HTTP 500), every worker on one client port.
+
+    A burst of short server-side sleeps: a sync worker serves one request at a time, so
+    the burst reaches every worker (a burst of fast requests can all land on one worker,
+    which then uses the shared connection alone and fails nothing).
+    """
     from uwsgi_examples.load import fire
     from uwsgi_examples.run import Server
 
     _transaction_only(pooler, "the control")
     with Server("gunicorn", pooler.url, forksafe="0", processes=3) as server:
-        result = fire(server.url, requests=60, concurrency=6, timeout=3)
+        result = fire(server.url + "sleep?seconds=0.2", requests=18, concurrency=6, timeout=5)
         held = {pid: tcp_ports_of(pid, pooler.port) for pid in server.children()}
         arbiter = tcp_ports_of(server.pid, pooler.port)
     assert result.errors, result.summary()

@@ -94,7 +94,8 @@ def enqueue(request: HttpRequest) -> JsonResponse:
 
 
 def sleep(request: HttpRequest) -> JsonResponse:
-    """Hold this worker's session in a server-side sleep of ``?seconds=`` (harakiri tests)."""
+    """Hold this worker's session in a server-side sleep of ``?seconds=``, then answer as
+    ``whoami`` (harakiri tests; a burst of these reaches every sync worker)."""
     seconds = float(request.GET.get("seconds", "1"))
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -103,7 +104,7 @@ def sleep(request: HttpRequest) -> JsonResponse:
             cursor.execute("SELECT SLEEP(%s)", [seconds])
         else:
             time.sleep(seconds)
-    return JsonResponse({"pid": os.getpid(), "slept": seconds})
+    return JsonResponse({**_queries(), "slept": seconds})
 
 
 _TICKS = [0]
