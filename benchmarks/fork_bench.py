@@ -47,16 +47,8 @@ ALIASES = ("default", "a2", "a3", "a4")
 
 
 def _inner(database: str, mode: str, forks: int) -> dict[str, list[float]]:
-    from django.conf import settings
-
-    from forksafe import _sessions, _urls
-
-    _, driver = _urls.split_url(database)
-    _urls.select_driver(driver)
-    db = _urls.database_settings(database)
-    settings.configure(DATABASES={alias: dict(db) for alias in ALIASES}, USE_TZ=True)
-
-    # Hooks run in registration order in the child: the marks bracket forksafe's hook.
+    # Hooks run in registration order in the child: the marks bracket forksafe's hook,
+    # which importing forksafe registers (so ``first`` is registered before that import).
     marks: list[int] = [0, 0, 0, 0]
 
     def first() -> None:
@@ -68,6 +60,17 @@ def _inner(database: str, mode: str, forks: int) -> dict[str, list[float]]:
         marks[3] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     os.register_at_fork(after_in_child=first)
+    assert "forksafe" not in sys.modules
+
+    from django.conf import settings
+
+    from forksafe import _sessions, _urls
+
+    _, driver = _urls.split_url(database)
+    _urls.select_driver(driver)
+    db = _urls.database_settings(database)
+    settings.configure(DATABASES={alias: dict(db) for alias in ALIASES}, USE_TZ=True)
+
     options = MODES[mode]
     if options is not None:
         import forksafe

@@ -23,9 +23,8 @@ library); the Django app is ``"forksafe"`` in ``INSTALLED_APPS``.
 
 from __future__ import annotations
 
-from forksafe._fork import after_fork_in_child, prepare_fork
+from forksafe._fork import after_fork_in_child, prepare_fork, stats
 from forksafe._install import install
-from forksafe._registry import stats
 from forksafe._warnings import ForkSafeWarning
 from forksafe.pools import Pool, Process, ProcessPoolExecutor, get_context
 from forksafe.threads import (

@@ -62,7 +62,15 @@ from typing import Any
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["detach", "detach_native_pools", "driver_of", "open_devnull", "park"]
+__all__ = [
+    "detach",
+    "detach_native_pools",
+    "detach_sockets",
+    "driver_of",
+    "native_pools",
+    "open_devnull",
+    "park",
+]
 
 # What park() keeps. Its own reference count is raised once, here, so that the
 # list -- and everything in it -- outlives interpreter finalization, which
@@ -218,6 +226,49 @@ def detach(raw: Any, *, owned: bool, alias: str = "?", devnull: int | None = Non
     return "detached"
 
 
+def detach_sockets(raws: tuple[tuple[Any, str], ...]) -> None:
+    """Point the socket of each ``(raw connection, driver)`` at ``/dev/null``; nothing more.
+
+    The urgent half of :func:`detach`, for a fork hook: afterwards no byte can
+    reach the server, whatever the child does. The objects are neither parked
+    nor reported: :func:`detach` does that later for each (pointing the socket
+    at ``/dev/null`` again is harmless), and until then whoever references
+    them keeps them. It allocates no container (so it cannot set off a
+    garbage collection, which would write to every page it scans), and skips
+    whatever has no socket to find (SQLite, a connection closed already, one
+    whose driver refuses): :func:`detach` handles those.
+    """
+    devnull = -1
+    try:
+        # range(), not ``for ... in raws``: a tuple iterator is tracked by the cyclic GC,
+        # a range iterator is not.
+        for i in range(len(raws)):
+            raw, driver = raws[i]
+            if driver == "sqlite3":
+                continue
+            try:
+                fd = _socket_fd(raw, driver)
+            except Exception:
+                continue
+            if fd is None or fd < 0:
+                continue
+            if devnull < 0:
+                devnull = os.open(_DEVNULL, _DEVNULL_FLAGS)
+            os.dup2(devnull, fd, inheritable=False)
+    finally:
+        if devnull >= 0:
+            os.close(devnull)
+
+
+def native_pools() -> dict[str, Any] | None:
+    """Django's native psycopg pools (Django 5.1+) of this process, by alias, if any."""
+    base = sys.modules.get("django.db.backends.postgresql.base")
+    pools: dict[str, Any] | None = getattr(
+        getattr(base, "DatabaseWrapper", None), "_connection_pools", None
+    )
+    return pools
+
+
 def detach_native_pools(devnull: int | None = None) -> int:
     """Drop Django's native psycopg pools (Django 5.1+) inherited from the parent.
 
@@ -235,10 +286,7 @@ def detach_native_pools(devnull: int | None = None) -> int:
 
     Returns the number of pooled connections detached.
     """
-    base = sys.modules.get("django.db.backends.postgresql.base")
-    pools: dict[str, Any] | None = getattr(
-        getattr(base, "DatabaseWrapper", None), "_connection_pools", None
-    )
+    pools = native_pools()
     if not pools:
         return 0
     count = 0

@@ -22,9 +22,8 @@ import logging
 import os
 import sys
 import threading
-from typing import Any
 
-from forksafe import _fork, _registry
+from forksafe import _drivers, _fork, _registry
 
 logger = logging.getLogger("forksafe")
 
@@ -76,10 +75,7 @@ def _close_thread_connections() -> None:
 
 def _close_native_pools() -> None:
     """Close Django's native psycopg pools (Django 5.1+); the reset dropped inherited ones."""
-    base = sys.modules.get("django.db.backends.postgresql.base")
-    pools: dict[str, Any] | None = getattr(
-        getattr(base, "DatabaseWrapper", None), "_connection_pools", None
-    )
+    pools = _drivers.native_pools()
     for alias, pool in list((pools or {}).items()):
         try:
             pool.close()  # says goodbye on each idle session, stops the pool's threads

@@ -14,13 +14,12 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import sys
 import threading
 import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from forksafe import _closing, _drivers, _guard, _registry, signals
 from forksafe._closing import forget_connection, is_in_memory_sqlite
@@ -28,6 +27,7 @@ from forksafe._warnings import ForkSafeWarning
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.dispatch import Signal
 
 logger = logging.getLogger("forksafe")
 
@@ -70,6 +70,23 @@ _reset_pid = os.getpid()
 # hook: a child that uses a connection while it is still True is running an
 # at-fork hook registered before ours (see _bypass_path()).
 _in_python_fork = False
+# Set in the parent, only read in a child (computing them there would write to pages it
+# shares with the parent): the signals whose held locks a child replaces (set by
+# register_hooks()) and whether forksafe._exit's atexit callback is registered.
+_signal_locks: tuple[Signal, ...] = signals.ALL
+_closing_at_exit = False
+# Set by the ``before`` hook, in the parent, for the child of the coming os.fork(): the
+# raw connections (with their driver) whose sockets the child points at /dev/null, the
+# forking thread (the child's only thread), and whether the child resets at once.
+_fork_raws: tuple[tuple[Any, str], ...] = ()
+_fork_thread = 0
+_fork_resets_at_once = False
+# The pid of the process whose fork hook detached the inherited sockets and left the rest
+# of its reset for later (see _at_fork_in_child()); 0: none.
+_sockets_detached_pid = 0
+# pid -> the lock that lets one thread of that process finish its reset while the others
+# wait (a lock inherited from a parent may have been held by a thread that is gone).
+_reset_locks: dict[int, threading.Lock] = {}
 
 
 def set_close_before_fork(enabled: bool) -> None:
@@ -100,8 +117,13 @@ def register_hooks() -> None:
     registration order, and a hook of the application that uses a connection
     must find it detached.
     """
-    global _hooks_registered
+    global _hooks_registered, _signal_locks
+    if not _hooks_registered:
+        from django.db.backends.signals import connection_created
+
+        _signal_locks = (connection_created, *signals.ALL)
     _hooks_registered = True
+    _close_at_exit()  # here, in the parent: every fork inherits the callback
 
 
 def prepare_fork() -> None:
@@ -137,9 +159,10 @@ def cleanup() -> tuple[list[str], list[str]]:
     closed: list[str] = []
     kept: list[str] = []
     in_transaction: list[str] = []
-    for entry in _registry.entries_of_thread(os.getpid(), threading.get_ident()):
+    me = threading.get_ident()
+    for entry in _registry.entries_of_thread(os.getpid(), me):
         wrapper = entry.wrapper
-        if wrapper is None or not _owned_here(entry):
+        if wrapper is None or not _owned_by(entry, me):
             continue
         if wrapper.connection is entry.raw and _registry.in_use(entry):
             kept.append(wrapper.alias)
@@ -170,7 +193,7 @@ def _in_transaction_message(aliases: list[str]) -> str:
 def after_fork_in_child() -> None:
     """Detach every inherited connection, in a forked child, without network I/O.
 
-    Runs in the child, in its only thread. Every connection opened by the
+    Runs in the child. Every connection opened by the
     parent -- in any thread, for any alias -- is detached (``_drivers.detach``:
     nothing can ever say goodbye to the parent's server session), and the
     wrapper forgets it: the next ORM call in the child
@@ -184,9 +207,13 @@ def after_fork_in_child() -> None:
     an atomic block.")``, leaving the block is clean, and the parent's
     ``on_commit`` callbacks never run in the child.
 
-    In a process that did not fork since the last reset, it does nothing, so
-    calling it from several hooks is harmless. It never raises: what cannot be
-    detached is kept unused until the child exits, and logged.
+    Where the parent forks without Python's at-fork hooks (uWSGI), call it
+    first thing in the child. After ``os.fork()`` with ``install()``'s hooks it
+    is not needed: the hook has detached the sockets already, and the rest
+    runs before the child's first use of a connection; calling it does that
+    rest now. In a process that did not fork since the last reset, it does
+    nothing, so calling it from several hooks is harmless. It never raises:
+    what cannot be detached is kept unused until the child exits, and logged.
     """
     reset_child()
 
@@ -201,7 +228,7 @@ def reset_child(*, worker: bool = False) -> None:
     wrappers an earlier raw-fork reset of this process left "closed inside a
     transaction" are cleaned too. No I/O.
     """
-    _detach_inherited(clean_transactions=worker, bypass=None)
+    _reset_once(clean_transactions=worker, bypass=None)
     while worker and _left_in_atomic:
         wrapper = _left_in_atomic.pop()()
         if wrapper is not None and wrapper.connection is None:
@@ -251,16 +278,21 @@ def _bypass_path() -> str:
 def detach_on_first_use(wrapper: BaseDatabaseWrapper) -> None:
     """The pid check found ``wrapper`` holding a connection another process opened.
 
-    Called by ``forksafe._guard`` before the wrapper is used. No fork hook
-    reset this process: reset it now (every inherited connection, no I/O),
-    with one WARNING naming the path that bypassed the hooks. Whatever the
-    wrapper still holds afterwards is this process's own.
+    Called by ``forksafe._guard`` before the wrapper is used. If this process's
+    fork hook left the rest of its reset for now (:func:`_at_fork_in_child`),
+    it is finished. Otherwise no fork hook reset this process: reset it now
+    (every inherited connection, no I/O), with one WARNING naming the path that
+    bypassed the hooks. Whatever the wrapper still holds afterwards is this
+    process's own.
     """
     raw = wrapper.connection
-    if os.getpid() != _reset_pid and raw is not None:
+    pid = os.getpid()
+    if pid == _sockets_detached_pid:
+        finish_reset()  # the fork hook ran: not a bypass
+    elif pid != _reset_pid and raw is not None:
         bypass = _Bypass(_bypass_path(), wrapper.alias, _drivers.driver_of(raw), type(wrapper))
         try:
-            _detach_inherited(clean_transactions=False, bypass=bypass)
+            _reset_once(clean_transactions=False, bypass=bypass)
         except Exception:
             logger.warning("forksafe: detaching the inherited connections failed", exc_info=True)
     if wrapper.connection is not None:
@@ -279,15 +311,49 @@ def reset_after_late_install() -> None:
             " forksafe.install() before anything forks: at the top of manage.py or"
             " wsgi.py, or add 'forksafe' to INSTALLED_APPS"
         )
-        _detach_inherited(clean_transactions=False, bypass=_Bypass(path))
+        _reset_once(clean_transactions=False, bypass=_Bypass(path))
+
+
+def finish_reset() -> None:
+    """Finish the reset that this process's fork hook left for later; no I/O.
+
+    The hook detached the inherited sockets; this forgets the inherited
+    connections (wrappers, registry, native pools, signal locks). Called before
+    the first use of a connection in the child (``forksafe._guard``), at its
+    exit, by :func:`after_fork_in_child` and by :func:`stats`. Elsewhere, and
+    when done already, it does nothing.
+    """
+    if _sockets_detached_pid == os.getpid() != _reset_pid:
+        _reset_once(clean_transactions=False, bypass=None)
+
+
+def _reset_once(*, clean_transactions: bool, bypass: _Bypass | None) -> None:
+    """:func:`_detach_inherited`, by one thread at a time; the others wait for it."""
+    pid = os.getpid()
+    # The forking thread, not the caller, owns what the child inherited from it.
+    thread = _fork_thread if pid == _sockets_detached_pid else threading.get_ident()
+    with _reset_locks.setdefault(pid, threading.Lock()):
+        _detach_inherited(clean_transactions=clean_transactions, bypass=bypass, thread=thread)
+
+
+def stats() -> dict[str, dict[str, int]]:
+    """This process's connections per alias: opened, open, closed, detached, bypasses."""
+    finish_reset()
+    return _registry.stats()
 
 
 def _report_detached(
-    entry: _registry.Entry, wrapper: BaseDatabaseWrapper | None, how: str, bypassed: bool
+    entry: _registry.Entry,
+    wrapper: BaseDatabaseWrapper | None,
+    how: str,
+    *,
+    bypassed: bool,
+    debug: bool,
 ) -> None:
-    logger.debug(
-        "forksafe: detached inherited connection %r (%s): %s", entry.alias, entry.driver, how
-    )
+    if debug:
+        logger.debug(
+            "forksafe: detached inherited connection %r (%s): %s", entry.alias, entry.driver, how
+        )
     if bypassed:
         _registry.note_bypassed(entry.alias)
     if not signals.connection_detached.receivers:  # the common case: build nothing
@@ -302,43 +368,45 @@ def _report_detached(
     )
 
 
-def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None) -> None:
+def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None, thread: int) -> None:
     """Once per process: detach what it inherited; ``clean_transactions`` for workers.
 
     ``bypass``: no fork hook ran this reset (the pid check did, or a late
-    ``install()``); counted, logged and signalled as such.
+    ``install()``); counted, logged and signalled as such. ``thread``: the
+    thread that forked (in the child, the one that owns what that thread
+    owned in the parent). Call it through :func:`_reset_once`.
 
-    Runs in every forked child before any of its own code, so it is kept to
-    the floor: what the child writes to, it copies (copy-on-write), and each
-    page costs a fault. One ``/dev/null`` open for all connections, no
-    registry walk beyond the inherited entries, nothing freed.
+    What it writes, the child copies (copy-on-write: a page fault per page):
+    one ``/dev/null`` open for all connections, no registry walk beyond the
+    inherited entries, nothing freed.
     """
     global _reset_pid
     pid = os.getpid()
     if pid == _reset_pid:
         return
     _reset_pid = pid
-    _close_at_exit()
+    if not _closing_at_exit:  # install() registered it in the parent, normally
+        _close_at_exit()
+    debug = logger.isEnabledFor(logging.DEBUG)
     if _left_in_atomic:
         _left_in_atomic.clear()
-    if _options.freeze_gc:
+    if _options.freeze_gc and pid != _sockets_detached_pid:
         gc.freeze()  # O(1) here; where the parent forked in C (uWSGI) the only freeze
     _reinit_signal_lock()  # before start_tracking(), which may connect the receiver
     _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
     in_atomic: list[str] | None = None  # allocated only when needed
     devnull: int | None = None
     detached = 0
-    me = threading.get_ident()
     for entry in _registry.take_inherited():
         wrapper = entry.wrapper_ref()
         # Another thread's connection is never *entered*; what needs more
-        # than this (in-memory SQLite, atomic) asks _owned_here().
-        mine = entry.thread_id == me
+        # than this (in-memory SQLite, atomic) asks _owned_by().
+        mine = entry.thread_id == thread
         try:
             if (
                 wrapper is not None
                 and entry.vendor == "sqlite"
-                and _owned_here(entry)
+                and _owned_by(entry, thread)
                 and is_in_memory_sqlite(wrapper)
             ):
                 # The database lives only inside this handle, and fork gave the
@@ -351,7 +419,8 @@ def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None) -> No
             if how != "closed-already":
                 _registry.note_detached(entry.alias)
                 detached += 1
-                _report_detached(entry, wrapper, how, bypass is not None)
+                if debug or bypass is not None or signals.connection_detached.receivers:
+                    _report_detached(entry, wrapper, how, bypassed=bypass is not None, debug=debug)
             if wrapper is not None:
                 if wrapper.connection is not None and wrapper.connection is not entry.raw:
                     _drivers.detach(wrapper.connection, owned=mine, alias=entry.alias)
@@ -359,7 +428,7 @@ def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None) -> No
                     wrapper.in_atomic_block
                     and not clean_transactions
                     and mine
-                    and _owned_here(entry)
+                    and _owned_by(entry, thread)
                 ):
                     if in_atomic is None:
                         in_atomic = []
@@ -408,35 +477,33 @@ def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None) -> No
         )
 
 
-def _owned_here(entry: _registry.Entry) -> bool:
-    """Whether the calling thread alone may enter ``entry``'s connection.
+def _owned_by(entry: _registry.Entry, thread: int) -> bool:
+    """Whether thread ``thread`` alone may enter ``entry``'s connection.
 
-    True for a wrapper the calling thread owns and shares with no other
-    thread. In a forked child the forking thread keeps its ident and all
-    others are gone; a connection they used may be mid-query, holding a driver
-    lock that nobody will ever release, so it must not be entered.
+    True for a wrapper that thread owns and shares with no other thread. In a
+    forked child the forking thread keeps its ident and all others are gone; a
+    connection they used may be mid-query, holding a driver lock that nobody
+    will ever release, so it must not be entered.
     """
-    if entry.thread_id != threading.get_ident():
+    if entry.thread_id != thread:
         return False
     wrapper = entry.wrapper
     return wrapper is None or not wrapper.allow_thread_sharing
 
 
 def _reinit_signal_lock() -> None:
-    """Give Django's ``connection_created`` signal a fresh lock in a forked child.
+    """Give Django's ``connection_created`` signal and forksafe's a fresh lock in a forked child.
 
-    Every ``send()`` of that signal takes ``Signal.lock`` (it does not cache
-    receivers); a parent thread connecting at the moment of the fork would
-    leave it held for ever, and the child's first connect would hang -- as
-    ``logging`` re-creates its handler locks after a fork.
+    Every ``send()`` of ``connection_created`` takes ``Signal.lock`` (it does not
+    cache receivers), and forksafe's signals are sent during the reset; a parent
+    thread inside one at the moment of the fork would leave the lock held for
+    ever, and the child's first connect would hang -- as ``logging`` re-creates
+    its handler locks after a fork. Only a held lock is replaced: a new one is
+    an allocation (and the old one a deallocation) in the child for nothing.
     """
-    module = sys.modules.get("django.db.backends.signals")
-    signal = getattr(module, "connection_created", None)
-    # Only a held lock needs replacing: a new one is an allocation (and the old
-    # one a deallocation) in the child for nothing.
-    if signal is not None and signal.lock.locked():
-        signal.lock = threading.Lock()
-    signals.reinit_locks()  # forksafe's own, sent during the reset
+    for signal in _signal_locks:
+        if signal.lock.locked():
+            signal.lock = threading.Lock()
 
 
 def hooks_installed() -> bool:
@@ -466,25 +533,74 @@ def _at_fork_before() -> None:
         logger.info("%s", warning)
     except Exception:
         logger.warning("forksafe: the pre-fork cleanup failed", exc_info=True)
+    try:
+        _prepare_child_reset()
+    except Exception:
+        logger.warning("forksafe: preparing the child's reset failed", exc_info=True)
     if _options.freeze_gc:
         gc.freeze()  # install(freeze_gc=True); last, right before the fork
 
 
+def _prepare_child_reset() -> None:
+    """In the parent, just before a fork: what the child's hook needs, computed here.
+
+    The child resets at once (rather than at the first use of a connection)
+    when something must see the reset happen at the fork: a Django native pool
+    (its inherited idle connections are handed out without a pid check), a
+    receiver of ``connection_detached``, the ``forksafe`` logger at DEBUG, or a
+    connection of the forking thread inside ``transaction.atomic()`` (leaving
+    the block in the child must find it closed, as Django leaves it).
+    """
+    global _fork_raws, _fork_thread, _fork_resets_at_once
+    me = threading.get_ident()
+    entries = _registry.entries()
+    _fork_thread = me
+    _fork_raws = tuple((entry.raw, entry.driver) for entry in entries)
+    _fork_resets_at_once = bool(
+        signals.connection_detached.receivers
+        or logger.isEnabledFor(logging.DEBUG)
+        or _drivers.native_pools()
+        or any(
+            entry.thread_id == me
+            and (wrapper := entry.wrapper) is not None
+            and wrapper.in_atomic_block
+            for entry in entries
+        )
+    )
+
+
 def _at_fork_in_parent() -> None:
     """The ``after_in_parent`` hook."""
-    global _in_python_fork
+    global _in_python_fork, _fork_raws
     _in_python_fork = False
+    _fork_raws = ()  # the parent keeps no reference to connections it may close
 
 
 def _at_fork_in_child() -> None:
-    """The ``after_in_child`` hook of :func:`os.register_at_fork`: the child reset."""
-    global _in_python_fork
+    """The ``after_in_child`` hook of :func:`os.register_at_fork`: the child reset, its urgent half.
+
+    Runs in every forked child before any of its own code, so it does only what
+    cannot wait: it points the socket of every inherited connection at
+    ``/dev/null`` (``_drivers.detach_sockets``), after which nothing the child
+    does can reach the parent's sessions. The rest -- the wrappers forgetting
+    those connections, the registry, the signal locks -- waits for
+    :func:`finish_reset`, before the child's first use of a connection (or its
+    exit), and costs a child that never uses one nothing. Every page the child
+    writes is a copy-on-write fault (README, "Where the child's time goes").
+    Some forks need it all at once (see :func:`_prepare_child_reset`).
+    """
+    global _in_python_fork, _sockets_detached_pid
     _in_python_fork = False
     if not _hooks_registered:
         return
     try:
-        # reset_child() without the worker part: one call less in every child.
-        _detach_inherited(clean_transactions=False, bypass=None)
+        if _fork_resets_at_once:
+            _reset_once(clean_transactions=False, bypass=None)
+            return
+        _sockets_detached_pid = os.getpid()
+        if _options.freeze_gc:
+            gc.freeze()
+        _drivers.detach_sockets(_fork_raws)
     except Exception:
         logger.warning(
             "forksafe: detaching the inherited connections after a fork failed", exc_info=True
@@ -492,10 +608,15 @@ def _at_fork_in_child() -> None:
 
 
 def _close_at_exit() -> None:
-    """A child that exits normally closes what it opened itself (``forksafe._exit``)."""
+    """This process, and every fork of it, closes what it opened when it exits normally.
+
+    See ``forksafe._exit``; registered once, in the parent (by ``install()``).
+    """
+    global _closing_at_exit
     from forksafe import _exit  # it builds on this module
 
     _exit.close_at_exit()
+    _closing_at_exit = True
 
 
 # At import, so that forksafe's child reset runs before the at-fork hooks of every

@@ -1,6 +1,8 @@
 """The second line of defence: a connection used in a process that did not open it.
 
-The fork hooks reset a child before any of its code runs -- when they run. Some
+The fork hooks make a child's inherited sockets harmless before any of its code runs,
+and this check finishes the child's reset before its first use of a connection --
+when the hooks run. Some
 forks run no Python hook at all: uWSGI without ``master`` forks its workers in C,
 so do C extensions and embedding servers (mod_wsgi daemon processes); an
 ``install()`` called after the fork, or an ``os.register_at_fork`` hook registered
@@ -19,23 +21,31 @@ Why Django is patched: no documented Django API runs before a connection is used
 ``connection_created`` fires only on connect; ``connection.execute_wrapper()`` is a
 per-wrapper context manager around ``execute()``, after ``ensure_connection()``, and
 does not see ``set_autocommit()``, ``commit()`` or ``close()``; ``request_started``
-exists only in a request cycle. Two methods of ``BaseDatabaseWrapper`` are wrapped,
+exists only in a request cycle. Four methods of ``BaseDatabaseWrapper`` are wrapped,
 once (idempotent), in :func:`install`; the originals stay reachable as
 ``__forksafe_original__``. What it relies on, the same in Django 4.2, 5.2 and 6.1
 (``django/db/backends/base/base.py``: ``ensure_connection`` at lines 284 / 271 / 271,
-``_cursor`` 303 / 294 / 294, ``close`` 353 / 344 / 344, ``get_autocommit`` 461 / 452 /
-452, ``set_autocommit`` 466 / 457 / 457; ``sqlite3/base.py`` ``close`` 193 / 222 / 221):
+``_cursor`` 303 / 294 / 294, ``commit`` 332 / 323 / 323, ``rollback`` 342 / 333 / 333,
+``close`` 353 / 344 / 344, ``get_autocommit`` 461 / 452 / 452, ``set_autocommit``
+466 / 457 / 457; ``sqlite3/base.py`` ``close`` 193 / 222 / 221):
 
 * ``ensure_connection()`` is defined only in ``BaseDatabaseWrapper`` and every path
   that talks to the server through the wrapper goes through it first: ``_cursor()``
   (so ``cursor()`` and ``chunked_cursor()``), ``get_autocommit()``,
   ``set_autocommit()`` (so ``atomic()``), savepoints, ``close_if_unusable_or_obsolete()``
-  (via ``get_autocommit()``, at every request start);
+  (via ``get_autocommit()``, at every request start) -- all but two:
+* ``commit()`` and ``rollback()``, defined only in ``BaseDatabaseWrapper`` (backends
+  override ``_commit()`` / ``_rollback()``), reach the driver without
+  ``ensure_connection()``: leaving ``atomic()``, or ``transaction.commit()`` with
+  autocommit off, in a child that has not queried yet;
 * ``close()`` is defined in ``BaseDatabaseWrapper``; the SQLite and Oracle backends
   override it and call ``BaseDatabaseWrapper.close(self)`` / ``super().close()``, the
   PostgreSQL backend overrides only ``_close()``, which ``close()`` calls. ``close()``
   is the other way a child reaches the shared socket before any query
   (``connections.close_all()``, the well-known advice, sends the driver's goodbye).
+
+The first check in a forked child also finishes the reset that its fork hook left
+for later (``forksafe._fork.finish_reset``), whichever wrapper it is made for.
 
 Cost: one comparison per use. ``os.getpid()`` is a system call (glibc stopped caching
 it in 2.25; ~180 ns measured here) and a pid cached by an at-fork hook cannot see the
@@ -85,22 +95,34 @@ _pid = os.getpid()
 
 def current_pid() -> int:
     """This process's pid, without a system call where the kernel allows it."""
-    global _pid
-    flag = _flag
-    if flag is not None and flag[0]:
-        return _pid
-    _pid = os.getpid()
-    if flag is not None:
-        flag[0] = 1  # this process's page: children get theirs zeroed again
+    if _flag is None or not _flag[0]:
+        _first_use_here()
     return _pid
+
+
+def _first_use_here() -> None:
+    """The first check in this process (or, without the page, any check): update the pid.
+
+    In a forked child, the reset that its fork hook left for later is finished
+    here, before the first use of any connection -- also of one the parent
+    never opened, whose first connect sends ``connection_created``.
+    """
+    global _pid
+    pid = os.getpid()
+    if _flag is not None:
+        _flag[0] = 1  # this process's page: children get theirs zeroed again
+    elif pid == _pid:
+        return
+    _pid = pid
+    from forksafe import _fork
+
+    _fork.finish_reset()
 
 
 def _opened_elsewhere(wrapper: BaseDatabaseWrapper) -> bool:
     """Whether ``wrapper`` holds a connection that another process opened."""
-    flag = _flag
-    pid = _pid if flag is not None and flag[0] else current_pid()
     opened_by: int | None = getattr(wrapper, PID_ATTRIBUTE)
-    return opened_by != pid
+    return opened_by != current_pid()
 
 
 def _on_foreign_use(wrapper: BaseDatabaseWrapper) -> None:
@@ -109,16 +131,18 @@ def _on_foreign_use(wrapper: BaseDatabaseWrapper) -> None:
     _fork.detach_on_first_use(wrapper)
 
 
-def _guarded_ensure_connection(original: Callable[..., Any]) -> Callable[..., Any]:
-    def ensure_connection(self: BaseDatabaseWrapper) -> Any:
-        # _opened_elsewhere(), inlined: this runs before every cursor.
-        if self.connection is not None:
-            pid = _pid if _flag is not None and _flag[0] else current_pid()
-            if self._forksafe_pid != pid:  # type: ignore[attr-defined]
-                _on_foreign_use(self)
+def _guarded_use(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a method that reaches the connection: ensure_connection, commit, rollback."""
+
+    def guarded(self: BaseDatabaseWrapper) -> Any:
+        # current_pid() and _opened_elsewhere(), inlined: this runs before every cursor.
+        if _flag is None or not _flag[0]:
+            _first_use_here()
+        if self.connection is not None and self._forksafe_pid != _pid:  # type: ignore[attr-defined]
+            _on_foreign_use(self)
         return original(self)
 
-    return ensure_connection
+    return guarded
 
 
 def _guarded_close(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -138,11 +162,17 @@ def _guarded_close(original: Callable[..., Any]) -> Callable[..., Any]:
     return close
 
 
-_GUARDS = {"ensure_connection": _guarded_ensure_connection, "close": _guarded_close}
+_GUARDS = {
+    "ensure_connection": _guarded_use,
+    "commit": _guarded_use,
+    "rollback": _guarded_use,
+    "close": _guarded_close,
+}
 
 
 def install() -> None:
-    """Wrap ``BaseDatabaseWrapper.ensure_connection`` and ``close`` in the pid check, once."""
+    """Wrap ``BaseDatabaseWrapper.ensure_connection``, ``commit``, ``rollback`` and ``close``
+    in the pid check, once."""
     from django.db.backends.base.base import BaseDatabaseWrapper
 
     # None: "not known" for a wrapper the registry never saw connect; its first use

@@ -331,9 +331,9 @@ def take_inherited() -> list[Entry]:
     are not this process's.
     """
     global _entries, _by_thread
-    _opened.clear()
-    _detached.clear()
-    _bypassed.clear()
+    for counts in (_opened, _detached, _bypassed):
+        if counts:  # usually only _opened has counts: no call for the others
+            counts.clear()
     pid = os.getpid()
     _drivers.park((_entries, _by_thread))
     old = _entries

@@ -27,7 +27,6 @@ into the forking code. A signal without receivers costs nothing.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from django.dispatch import Signal
@@ -40,7 +39,8 @@ fork_prepared = Signal()
 connection_detached = Signal()
 bypass_detected = Signal()
 
-_ALL = (fork_prepared, connection_detached, bypass_detected)
+ALL = (fork_prepared, connection_detached, bypass_detected)
+"""The three, for code that must handle each (a forked child re-creates their held locks)."""
 
 
 def send(signal: Signal, sender: Any = None, **kwargs: Any) -> None:
@@ -54,9 +54,3 @@ def send(signal: Signal, sender: Any = None, **kwargs: Any) -> None:
                 receiver,
                 exc_info=result,
             )
-
-
-def reinit_locks() -> None:
-    """In a forked child: fresh locks (a parent thread may have held one at fork time)."""
-    for signal in _ALL:
-        signal.lock = threading.Lock()

@@ -97,7 +97,10 @@ def test_the_child_keeps_the_inherited_driver_objects_and_scans_nothing(
     monkeypatch.setattr(gc, "get_objects", counting_get_objects)
 
     def child() -> tuple[int, list[bool], list[bool]]:
-        scanned = len(scans)  # the reset ran at the fork, before this
+        # The fork hook ran before this; the rest of the reset runs before the first use
+        # of a connection (here: the public entry point).
+        forksafe.after_fork_in_child()
+        scanned = len(scans)
         forgotten = [connections[alias].connection is None for alias in ALIASES]
         gc.collect()
         return scanned, forgotten, [ref() is not None for ref in refs]

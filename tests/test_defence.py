@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 import forksafe
@@ -64,7 +65,7 @@ def forksafe_log() -> Iterator[_Records]:
 @pytest.fixture
 def without_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     """Plain Django's wrapper methods (the control): nothing checks the pid."""
-    for name in ("ensure_connection", "close"):
+    for name in ("ensure_connection", "commit", "rollback", "close"):
         patched = BaseDatabaseWrapper.__dict__[name]
         monkeypatch.setattr(BaseDatabaseWrapper, name, patched.__forksafe_original__)
 
@@ -216,3 +217,53 @@ def test_signals_without_receivers_cost_nothing_and_child_still_resets(vendor: s
     assert not bypass_detected.receivers and not connection_detached.receivers
     parent = backend_id()
     assert run_in_child(backend_id, fork=c_fork) != parent or vendor == "sqlite"
+
+
+@pytest.mark.parametrize("fork", ["os.fork", "C fork"])
+def test_a_child_that_commits_before_any_query_leaves_the_parents_transaction_alone(
+    vendor: str, fork: str
+) -> None:
+    """``commit()`` reaches the driver without ``ensure_connection()``: it is checked too.
+
+    The parent has autocommit off and an uncommitted row. The child's first database call
+    is ``transaction.commit()``: it must commit nothing of the parent's (``os.fork``: the
+    hook left the rest of the reset for this first use; C fork: no hook ran at all).
+    """
+    _server_only(vendor)
+    transaction.set_autocommit(False)
+    try:
+        Item.objects.create(name="parent, uncommitted")
+
+        def child() -> int:
+            transaction.commit()  # nothing of this process's own to commit
+            return Item.objects.filter(name="parent, uncommitted").count()
+
+        seen = run_in_child(child, fork=c_fork if fork == "C fork" else os.fork)
+        assert seen == 0  # the child's own session does not see the parent's row
+        observer = connections.create_connection("default")
+        try:
+            with observer.cursor() as cursor:
+                cursor.execute("SELECT COUNT(*) FROM testapp_item")
+                assert cursor.fetchone() == (0,)  # still uncommitted
+        finally:
+            observer.close()
+        transaction.rollback()
+        assert Item.objects.count() == 0
+    finally:
+        transaction.rollback()
+        transaction.set_autocommit(True)
+
+
+def test_control_without_the_guard_a_childs_commit_commits_the_parents_transaction(
+    vendor: str, without_guard: None
+) -> None:
+    _server_only(vendor)
+    transaction.set_autocommit(False)
+    try:
+        Item.objects.create(name="parent, uncommitted")
+        run_in_child(transaction.commit, fork=c_fork)
+        transaction.rollback()  # too late: the child committed it over the shared session
+        assert Item.objects.filter(name="parent, uncommitted").count() == 1
+    finally:
+        transaction.rollback()
+        transaction.set_autocommit(True)

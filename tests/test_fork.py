@@ -243,6 +243,61 @@ def test_close_before_fork_closes_only_the_forking_threads_idle_connections() ->
     assert _sessions.backend_id() > 0  # this thread reconnects
 
 
+def test_a_child_whose_first_query_runs_in_another_thread_resets_the_forking_threads_too(
+    keep_open: None, vendor: str
+) -> None:
+    """The fork hook leaves the rest of the reset for the first use, whichever thread it is.
+
+    It is done for the thread that forked: its wrapper forgets the parent's connection
+    (and an in-memory SQLite database of that thread stays, as at the fork).
+    """
+    if vendor == "sqlite":
+        pytest.skip("server sessions (the in-memory SQLite case is the next test)")
+    parent = _sessions.backend_id()
+
+    def child() -> tuple[bool, int, int]:
+        other: list[int] = []
+        thread = threading.Thread(target=lambda: other.append(_sessions.backend_id()))
+        thread.start()
+        thread.join(30)
+        forgotten = connection.connection is None  # the other thread's first use did it
+        mine = _sessions.backend_id()
+        connection.close()
+        return forgotten, mine, other[0]
+
+    forgotten, mine, other = run_in_child(child)
+    assert forgotten
+    assert parent not in (mine, other)
+    assert _sessions.backend_id() == parent
+
+
+def test_a_child_keeps_its_in_memory_sqlite_when_another_thread_uses_a_connection_first(
+    keep_open: None, vendor: str
+) -> None:
+    if vendor != "sqlite":
+        pytest.skip("in-memory SQLite only")
+    conn = connections.create_connection("default")
+    conn.settings_dict = {**conn.settings_dict, "NAME": ":memory:"}
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("CREATE TABLE t (x int)")
+            cursor.execute("INSERT INTO t VALUES (42)")
+
+        def child() -> int:
+            thread = threading.Thread(target=lambda: Item.objects.count())
+            thread.start()
+            thread.join(30)
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT x FROM t")
+                row = cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        assert run_in_child(child) == 42
+    finally:
+        conn.close()
+
+
 def test_prepare_fork_leaves_in_memory_sqlite_alone(vendor: str) -> None:
     if vendor != "sqlite":
         pytest.skip("in-memory SQLite only")
@@ -341,8 +396,13 @@ def test_failing_detach_parks_the_connection_and_child_goes_on(keep_open: None) 
     wrapper.connection = Opaque()
     _registry.register(wrapper)
 
-    # The hook runs in the child before anything else.
-    assert fork_child(lambda: 0 if wrapper.connection is None else 1) == 0
+    def forgotten_at_first_use() -> int:
+        # The fork hook detached what has a socket; the rest of the reset runs before
+        # the child's first use of a connection (here: the public entry point).
+        forksafe.after_fork_in_child()
+        return 0 if wrapper.connection is None else 1
+
+    assert fork_child(forgotten_at_first_use) == 0
 
     def child() -> tuple[bool, list[str]]:
         # Run the reset again, by hand, with a log handler attached.
