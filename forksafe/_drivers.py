@@ -55,10 +55,12 @@ never says goodbye.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 logger = logging.getLogger("forksafe")
 
@@ -70,6 +72,7 @@ __all__ = [
     "native_pools",
     "open_devnull",
     "park",
+    "socket_reader",
 ]
 
 # What park() keeps. Its own reference count is raised once, here, so that the
@@ -116,11 +119,10 @@ def _socket_fd(raw: Any, driver: str) -> int | None:
             return None
         fd: int = pgconn.socket
         return fd
-    if driver in ("psycopg2", "MySQLdb"):
-        # psycopg2: ``closed`` is an int; mysqlclient: ``open`` is an int.
-        if getattr(raw, "closed", 0) or not getattr(raw, "open", 1):
-            return None
-        return int(raw.fileno())
+    if driver == "psycopg2":
+        return None if raw.closed else int(raw.fileno())  # ``closed``: an int
+    if driver == "MySQLdb":
+        return int(raw.fileno()) if raw.open else None  # ``open``: an int
     # A backend forksafe does not know: the DB-API has no standard for this, but
     # many connections (and the sockets under them) expose ``fileno()``.
     fileno = getattr(raw, "fileno", None)
@@ -226,31 +228,61 @@ def detach(raw: Any, *, owned: bool, alias: str = "?", devnull: int | None = Non
     return "detached"
 
 
-def detach_sockets(raws: tuple[tuple[Any, str], ...]) -> None:
-    """Point the socket of each ``(raw connection, driver)`` at ``/dev/null``; nothing more.
+def socket_reader(raw: Any, driver: str) -> Callable[[], int] | None:
+    """A callable that returns ``raw``'s socket descriptor when called, or ``None`` (SQLite).
+
+    Made in the parent, called in a forked child (:func:`detach_sockets`): it
+    reads the descriptor there, in the child's copy of the driver's state, so
+    a connection that another thread of the parent closed meanwhile is never
+    mistaken for a descriptor number that was reused. It is the driver's own
+    C-level accessor wherever there is one (no Python code to run, no driver
+    object of ours to touch in the child). It raises, or returns ``-1``, for
+    a connection that is closed.
+    """
+    try:
+        if driver == "psycopg":
+            pgconn = raw.pgconn
+            # The property's getter, bound: PQsocket() (raises once the connection is closed).
+            return functools.partial(type(pgconn).socket.__get__, pgconn)
+        if driver in ("psycopg2", "MySQLdb"):
+            return cast("Callable[[], int]", raw.fileno)  # raises once closed
+        if driver == "pymysql":
+            # PyMySQL replaces its socket object when ping() reconnects: read it then.
+            return functools.partial(_pymysql_socket, raw)
+        if driver == "sqlite3":
+            return None
+        fileno = getattr(raw, "fileno", None)
+        return fileno if callable(fileno) else None
+    except Exception:  # whatever this cannot read, detach() handles later
+        return None
+
+
+def _pymysql_socket(raw: Any) -> int:
+    sock = raw._sock
+    return -1 if sock is None else int(sock.fileno())
+
+
+def detach_sockets(readers: tuple[Callable[[], int], ...]) -> None:
+    """Point the socket that each reader (:func:`socket_reader`) names at ``/dev/null``.
 
     The urgent half of :func:`detach`, for a fork hook: afterwards no byte can
-    reach the server, whatever the child does. The objects are neither parked
-    nor reported: :func:`detach` does that later for each (pointing the socket
-    at ``/dev/null`` again is harmless), and until then whoever references
-    them keeps them. It allocates no container (so it cannot set off a
-    garbage collection, which would write to every page it scans), and skips
-    whatever has no socket to find (SQLite, a connection closed already, one
-    whose driver refuses): :func:`detach` handles those.
+    reach the server, whatever the child does. Nothing is parked nor reported:
+    :func:`detach` does that later for each connection (pointing its socket at
+    ``/dev/null`` again is harmless), and until then whoever references them
+    keeps them. It allocates nothing the cyclic GC tracks (a collection would
+    write to every page it scans), and skips a connection that is closed or
+    whose driver refuses (:func:`detach` handles those).
     """
     devnull = -1
     try:
-        # range(), not ``for ... in raws``: a tuple iterator is tracked by the cyclic GC,
-        # a range iterator is not.
-        for i in range(len(raws)):
-            raw, driver = raws[i]
-            if driver == "sqlite3":
-                continue
+        # range(), not ``for reader in readers``: a tuple iterator is tracked by the
+        # cyclic GC, a range iterator is not.
+        for i in range(len(readers)):
             try:
-                fd = _socket_fd(raw, driver)
+                fd = readers[i]()
             except Exception:
                 continue
-            if fd is None or fd < 0:
+            if fd < 0:
                 continue
             if devnull < 0:
                 devnull = os.open(_DEVNULL, _DEVNULL_FLAGS)

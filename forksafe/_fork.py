@@ -19,7 +19,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from forksafe import _closing, _drivers, _guard, _registry, signals
 from forksafe._closing import forget_connection, is_in_memory_sqlite
@@ -75,10 +75,12 @@ _in_python_fork = False
 # register_hooks()) and whether forksafe._exit's atexit callback is registered.
 _signal_locks: tuple[Signal, ...] = signals.ALL
 _closing_at_exit = False
-# Set by the ``before`` hook, in the parent, for the child of the coming os.fork(): the
-# raw connections (with their driver) whose sockets the child points at /dev/null, the
-# forking thread (the child's only thread), and whether the child resets at once.
-_fork_raws: tuple[tuple[Any, str], ...] = ()
+# Set by the ``before`` hook, in the parent, for the child of the coming os.fork(): what
+# reads the socket descriptor of each registered connection (_drivers.socket_reader; kept
+# until the registry changes, with the registry's change count it was made at), the forking
+# thread (the child's only thread), and whether the child resets at once.
+_fork_readers: tuple[Callable[[], int], ...] = ()
+_fork_readers_at = -1
 _fork_thread = 0
 _fork_resets_at_once = False
 # The pid of the process whose fork hook detached the inherited sockets and left the rest
@@ -551,11 +553,17 @@ def _prepare_child_reset() -> None:
     connection of the forking thread inside ``transaction.atomic()`` (leaving
     the block in the child must find it closed, as Django leaves it).
     """
-    global _fork_raws, _fork_thread, _fork_resets_at_once
+    global _fork_readers, _fork_readers_at, _fork_thread, _fork_resets_at_once
     me = threading.get_ident()
     entries = _registry.entries()
     _fork_thread = me
-    _fork_raws = tuple((entry.raw, entry.driver) for entry in entries)
+    changes = _registry.changes()
+    if _fork_readers_at != changes:
+        # A closed connection's reader stays here until the registry next changes: it
+        # only costs memory, and rebuilding at every fork would cost each fork.
+        readers = (_drivers.socket_reader(entry.raw, entry.driver) for entry in entries)
+        _fork_readers = tuple(reader for reader in readers if reader is not None)
+        _fork_readers_at = changes
     _fork_resets_at_once = bool(
         signals.connection_detached.receivers
         or logger.isEnabledFor(logging.DEBUG)
@@ -571,9 +579,8 @@ def _prepare_child_reset() -> None:
 
 def _at_fork_in_parent() -> None:
     """The ``after_in_parent`` hook."""
-    global _in_python_fork, _fork_raws
+    global _in_python_fork
     _in_python_fork = False
-    _fork_raws = ()  # the parent keeps no reference to connections it may close
 
 
 def _at_fork_in_child() -> None:
@@ -600,7 +607,7 @@ def _at_fork_in_child() -> None:
         _sockets_detached_pid = os.getpid()
         if _options.freeze_gc:
             gc.freeze()
-        _drivers.detach_sockets(_fork_raws)
+        _drivers.detach_sockets(_fork_readers)
     except Exception:
         logger.warning(
             "forksafe: detaching the inherited connections after a fork failed", exc_info=True

@@ -330,7 +330,8 @@ def take_inherited() -> list[Entry]:
     stay registered. The counts of :func:`stats` start from zero: the parent's
     are not this process's.
     """
-    global _entries, _by_thread
+    global _entries, _by_thread, _changes
+    _changes += 1
     for counts in (_opened, _detached, _bypassed):
         if counts:  # usually only _opened has counts: no call for the others
             counts.clear()
