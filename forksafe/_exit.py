@@ -30,6 +30,7 @@ logger = logging.getLogger("forksafe")
 __all__ = ["close_at_exit", "close_own_connections"]
 
 _registered = False  # inherited by forks: one atexit callback serves a whole lineage
+_registered_in = 0  # the pid that registered it
 
 
 def close_own_connections() -> None:
@@ -91,18 +92,22 @@ def _close_native_pools() -> None:
 
 
 def _at_exit() -> None:
-    close_own_connections()
+    if os.getpid() != _registered_in:
+        close_own_connections()
 
 
 def close_at_exit() -> None:
-    """Run :func:`close_own_connections` when this process, or a fork of it, exits normally.
+    """Run :func:`close_own_connections` when a fork of this process exits normally.
 
-    Registered once: forks inherit both the :mod:`atexit` callback and the flag,
-    and the callback closes only what the exiting process opened. Exits through
-    ``os._exit`` (multiprocessing, billiard, RQ) skip :mod:`atexit`; their
-    integrations call :func:`close_own_connections` themselves.
+    Registered once (``install()`` does it, in the parent): forks inherit both
+    the :mod:`atexit` callback and the flag, and the callback closes only what
+    the exiting process opened. The process that registered it is left as
+    Django leaves it. Exits through ``os._exit`` (multiprocessing, billiard,
+    RQ) skip :mod:`atexit`; their integrations call
+    :func:`close_own_connections` themselves.
     """
-    global _registered
+    global _registered, _registered_in
     if not _registered:
         atexit.register(_at_exit)
         _registered = True
+        _registered_in = os.getpid()

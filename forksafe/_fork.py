@@ -125,7 +125,7 @@ def register_hooks() -> None:
 
         _signal_locks = (connection_created, *signals.ALL)
     _hooks_registered = True
-    _close_at_exit()  # here, in the parent: every fork inherits the callback
+    _close_at_exit()  # here, in the parent: every fork inherits the callback (not the child)
 
 
 def prepare_fork() -> None:
@@ -615,9 +615,10 @@ def _at_fork_in_child() -> None:
 
 
 def _close_at_exit() -> None:
-    """This process, and every fork of it, closes what it opened when it exits normally.
+    """Every fork of this process closes what it opened when it exits normally.
 
-    See ``forksafe._exit``; registered once, in the parent (by ``install()``).
+    See ``forksafe._exit``; registered once, in the parent (by ``install()``),
+    so that the child's fork hook has nothing to register.
     """
     global _closing_at_exit
     from forksafe import _exit  # it builds on this module
