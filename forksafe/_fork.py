@@ -76,11 +76,10 @@ _in_python_fork = False
 _signal_locks: tuple[Signal, ...] = signals.ALL
 _closing_at_exit = False
 # Set by the ``before`` hook, in the parent, for the child of the coming os.fork(): what
-# reads the socket descriptor of each registered connection (_drivers.socket_reader; kept
-# until the registry changes, with the registry's change count it was made at), the forking
-# thread (the child's only thread), and whether the child resets at once.
+# reads the socket descriptor of each registered connection (_drivers.socket_reader;
+# dropped again by the ``after_in_parent`` hook), the forking thread (the child's only
+# thread), and whether the child resets at once.
 _fork_readers: tuple[Callable[[], int], ...] = ()
-_fork_readers_at = -1
 _fork_thread = 0
 _fork_resets_at_once = False
 # The pid of the process whose fork hook detached the inherited sockets and left the rest
@@ -553,17 +552,12 @@ def _prepare_child_reset() -> None:
     connection of the forking thread inside ``transaction.atomic()`` (leaving
     the block in the child must find it closed, as Django leaves it).
     """
-    global _fork_readers, _fork_readers_at, _fork_thread, _fork_resets_at_once
+    global _fork_readers, _fork_thread, _fork_resets_at_once
     me = threading.get_ident()
     entries = _registry.entries()
     _fork_thread = me
-    changes = _registry.changes()
-    if _fork_readers_at != changes:
-        # A closed connection's reader stays here until the registry next changes: it
-        # only costs memory, and rebuilding at every fork would cost each fork.
-        readers = (_drivers.socket_reader(entry.raw, entry.driver) for entry in entries)
-        _fork_readers = tuple(reader for reader in readers if reader is not None)
-        _fork_readers_at = changes
+    readers = (_drivers.socket_reader(entry.raw, entry.driver) for entry in entries)
+    _fork_readers = tuple(reader for reader in readers if reader is not None)
     _fork_resets_at_once = bool(
         signals.connection_detached.receivers
         or logger.isEnabledFor(logging.DEBUG)
@@ -579,8 +573,11 @@ def _prepare_child_reset() -> None:
 
 def _at_fork_in_parent() -> None:
     """The ``after_in_parent`` hook."""
-    global _in_python_fork
+    global _in_python_fork, _fork_readers
     _in_python_fork = False
+    # The readers reference the connections: kept, they would keep a connection that its
+    # wrapper drops without closing (a thread's, left to the GC) open until the next fork.
+    _fork_readers = ()
 
 
 def _at_fork_in_child() -> None:

@@ -243,6 +243,28 @@ def test_close_before_fork_closes_only_the_forking_threads_idle_connections() ->
     assert _sessions.backend_id() > 0  # this thread reconnects
 
 
+def test_a_fork_leaves_the_parent_holding_nothing_of_a_connection_dropped_later(
+    keep_open: None, vendor: str
+) -> None:
+    """What the fork hooks prepare for the child is dropped in the parent after the fork.
+
+    A connection its wrapper drops without closing (a thread's, left to the GC) must be
+    freed -- and its session ended -- when the wrapper is collected, fork or no fork.
+    """
+    if vendor == "sqlite":
+        pytest.skip("no socket to prepare for (and sqlite3 connections take no weak reference)")
+    wrapper = connections.create_connection("default")
+    wrapper.ensure_connection()
+    raw = wrapper.connection
+    # What the fork hook's reader holds (forksafe._drivers.socket_reader).
+    held = raw.pgconn if _drivers.driver_of(raw) == "psycopg" else raw
+    ref = weakref.ref(held)
+    assert fork_child(lambda: 0) == 0
+    del wrapper, raw, held
+    gc.collect()
+    assert ref() is None
+
+
 def test_a_child_whose_first_query_runs_in_another_thread_resets_the_forking_threads_too(
     keep_open: None, vendor: str
 ) -> None:
