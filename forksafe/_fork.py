@@ -76,7 +76,7 @@ _in_python_fork = False
 _signal_locks: tuple[Signal, ...] = signals.ALL
 _closing_at_exit = False
 # Set by the ``before`` hook, in the parent, for the child of the coming os.fork(): what
-# reads the socket descriptor of each registered connection (_drivers.socket_reader;
+# reads the socket descriptor of each registered connection (_registry.socket_readers();
 # dropped again by the ``after_in_parent`` hook), the forking thread (the child's only
 # thread), and whether the child resets at once.
 _fork_readers: tuple[Callable[[], int], ...] = ()
@@ -556,8 +556,7 @@ def _prepare_child_reset() -> None:
     me = threading.get_ident()
     entries = _registry.entries()
     _fork_thread = me
-    readers = (_drivers.socket_reader(entry.raw, entry.driver) for entry in entries)
-    _fork_readers = tuple(reader for reader in readers if reader is not None)
+    _fork_readers = _registry.socket_readers()
     _fork_resets_at_once = bool(
         signals.connection_detached.receivers
         or logger.isEnabledFor(logging.DEBUG)

@@ -103,6 +103,7 @@ _seq = itertools.count()  # next() is atomic under the GIL
 # Bumped whenever the per-thread index changes: a thread may cache its own lookup
 # until then (see changes()). A lost increment between two threads still changes it.
 _changes = 0
+_readers: tuple[Callable[[], int], ...] | None = None  # socket_readers(), made lazily
 _tracking = False
 _connect_hook: Callable[[BaseDatabaseWrapper], None] | None = None
 # Per alias, in this process only (a forked child starts from zero).
@@ -112,8 +113,9 @@ _bypassed: Counter[str] = Counter()
 
 
 def _index(key: int, entry: Entry) -> None:
-    global _changes
+    global _changes, _readers
     _changes += 1
+    _readers = None
     thread = (entry.pid, entry.thread_id)
     bucket = _by_thread.setdefault(thread, {})
     bucket[key] = entry
@@ -122,8 +124,9 @@ def _index(key: int, entry: Entry) -> None:
 
 
 def _unindex(key: int, entry: Entry) -> None:
-    global _changes
+    global _changes, _readers
     _changes += 1
+    _readers = None  # they reference the connection: let it go with its entry
     bucket = _by_thread.get((entry.pid, entry.thread_id))
     if bucket is not None and bucket.get(key) is entry:
         bucket.pop(key, None)
@@ -291,6 +294,21 @@ def entries() -> list[Entry]:
     return list(_entries.values())
 
 
+def socket_readers() -> tuple[Callable[[], int], ...]:
+    """A socket reader (``_drivers.socket_reader``) for every entry that has a socket.
+
+    Made again only after the registry changed, and dropped when an entry is
+    removed (a reader references its connection): a process that forks often
+    makes them once, and a connection that its wrapper drops is not kept.
+    """
+    global _readers
+    readers = _readers
+    if readers is None:
+        made = (_drivers.socket_reader(e.raw, e.driver) for e in list(_entries.values()))
+        readers = _readers = tuple(reader for reader in made if reader is not None)
+    return readers
+
+
 def changes() -> int:
     """A number that changes whenever :func:`entries_of_thread` may answer differently.
 
@@ -330,8 +348,9 @@ def take_inherited() -> list[Entry]:
     stay registered. The counts of :func:`stats` start from zero: the parent's
     are not this process's.
     """
-    global _entries, _by_thread, _changes
+    global _entries, _by_thread, _changes, _readers
     _changes += 1
+    _readers = None
     for counts in (_opened, _detached, _bypassed):
         if counts:  # usually only _opened has counts: no call for the others
             counts.clear()
