@@ -293,57 +293,47 @@ def test_a_child_whose_first_query_runs_in_another_thread_resets_the_forking_thr
     assert _sessions.backend_id() == parent
 
 
+@pytest.fixture
+def memory_db(vendor: str) -> Iterator[Any]:
+    """A wrapper on a private in-memory SQLite database holding one row, ``t.x = 42``."""
+    if vendor != "sqlite":
+        pytest.skip("in-memory SQLite only")
+    conn = connections.create_connection("default")
+    conn.settings_dict = {**conn.settings_dict, "NAME": ":memory:"}
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("CREATE TABLE t (x int)")
+            cursor.execute("INSERT INTO t VALUES (42)")
+        yield conn
+    finally:
+        conn.close()
+
+
+def _read_x(conn: Any) -> int:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT x FROM t")
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_a_child_keeps_its_in_memory_sqlite_when_another_thread_uses_a_connection_first(
-    keep_open: None, vendor: str
+    keep_open: None, memory_db: Any
 ) -> None:
-    if vendor != "sqlite":
-        pytest.skip("in-memory SQLite only")
-    conn = connections.create_connection("default")
-    conn.settings_dict = {**conn.settings_dict, "NAME": ":memory:"}
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute("CREATE TABLE t (x int)")
-            cursor.execute("INSERT INTO t VALUES (42)")
+    def child() -> int:
+        thread = threading.Thread(target=lambda: Item.objects.count())
+        thread.start()
+        thread.join(30)
+        return _read_x(memory_db)
 
-        def child() -> int:
-            thread = threading.Thread(target=lambda: Item.objects.count())
-            thread.start()
-            thread.join(30)
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT x FROM t")
-                row = cursor.fetchone()
-            assert row is not None
-            return int(row[0])
-
-        assert run_in_child(child) == 42
-    finally:
-        conn.close()
+    assert run_in_child(child) == 42
 
 
-def test_prepare_fork_leaves_in_memory_sqlite_alone(vendor: str) -> None:
-    if vendor != "sqlite":
-        pytest.skip("in-memory SQLite only")
-    conn = connections.create_connection("default")
-    conn.settings_dict = {**conn.settings_dict, "NAME": ":memory:"}
-    try:
-        conn.ensure_connection()
-        with conn.cursor() as cursor:
-            cursor.execute("CREATE TABLE t (x int)")
-            cursor.execute("INSERT INTO t VALUES (42)")
-        forksafe.prepare_fork()
-        assert conn.connection is not None
-
-        def child() -> int:
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT x FROM t")
-                row = cursor.fetchone()
-            assert row is not None
-            return int(row[0])
-
-        # The child keeps its private copy of the in-memory database.
-        assert run_in_child(child) == 42
-    finally:
-        conn.close()
+def test_prepare_fork_leaves_in_memory_sqlite_alone(memory_db: Any) -> None:
+    forksafe.prepare_fork()
+    assert memory_db.connection is not None
+    # The child keeps its private copy of the in-memory database.
+    assert run_in_child(lambda: _read_x(memory_db)) == 42
 
 
 def test_after_fork_in_child_without_a_fork_is_a_no_op() -> None:
