@@ -420,8 +420,7 @@ def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None, threa
             if how != "closed-already":
                 _registry.note_detached(entry.alias)
                 detached += 1
-                if debug or bypass is not None or signals.connection_detached.receivers:
-                    _report_detached(entry, wrapper, how, bypassed=bypass is not None, debug=debug)
+                _report_detached(entry, wrapper, how, bypassed=bypass is not None, debug=debug)
             if wrapper is not None:
                 if wrapper.connection is not None and wrapper.connection is not entry.raw:
                     _drivers.detach(wrapper.connection, owned=mine, alias=entry.alias)
