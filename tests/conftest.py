@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 
@@ -21,6 +22,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings.sqlite3")
 # This run's own SQLite file (see tests/settings/_base.py), removed at the end.
 _SQLITE_PATH = os.path.join(tempfile.gettempdir(), f"forksafe-tests-{os.getpid()}.sqlite3")
 os.environ.setdefault("FORKSAFE_TEST_SQLITE_PATH", _SQLITE_PATH)
+
+# A test run started in the background by a shell inherits SIGINT ignored, and so would the
+# servers it starts: Twisted (daphne) then keeps ignoring SIGINT, its graceful stop signal,
+# and the shutdown tests time out. A handler is reset to the default in exec'd children.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _server_problem: str | None = None
 
