@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 
+from forksafe import asgi, checks, conf
+from forksafe._install import install
+
 __all__ = ["ForkSafeConfig"]
 
 
@@ -24,16 +27,12 @@ class ForkSafeConfig(AppConfig):
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
-        from forksafe import checks, conf
-        from forksafe._install import install
-
         checks.register()
         if conf.get("INSTALL"):
-            from forksafe import asgi
-
             # Under ASGI, at the first request of each event loop: the loop's executor,
             # THREADS when unset, the ASGI check. Nothing happens under WSGI.
             asgi.connect_signals()
+            asgi.call_at_first_request(_at_first_asgi_request)
             # Django's own handler answers ASGI lifespan events: a goodbye at shutdown,
             # also when uvicorn is stopped with SIGTERM.
             asgi.answer_lifespan_in_django()
@@ -46,3 +45,16 @@ class ForkSafeConfig(AppConfig):
             )
             # Django runs no system checks inside a WSGI server: say it here.
             checks.log_server_warnings()
+
+
+def _at_first_asgi_request() -> None:
+    """Once per process, at the first ASGI request: the ``THREADS`` default, then W005.
+
+    ``FORKSAFE["THREADS"]`` left unset means "on under ASGI": every request runs
+    in a thread of its own there, whose connections would otherwise stay open
+    until the garbage collector runs. Django runs no system checks inside a
+    server, so the ASGI check is logged here.
+    """
+    if conf.get("INSTALL") and conf.explicit("THREADS") is None:
+        install(threads=True)
+    checks.log_asgi_warnings("an ASGI request was served")

@@ -238,6 +238,8 @@ def answer_lifespan_in_django() -> None:
 
 
 _served = False  # this process has served an ASGI request
+# Called once, at this process's first ASGI request: what the layers above add there.
+_first_request_callbacks: list[Callable[[], None]] = []
 
 
 def serving() -> bool:
@@ -245,25 +247,23 @@ def serving() -> bool:
     return _served
 
 
-def _first_request() -> None:
-    """Once per process, at the first ASGI request: the ``THREADS`` default, then W005.
+def call_at_first_request(callback: Callable[[], None]) -> None:
+    """Call ``callback()`` at this process's first ASGI request (once per callback).
 
-    ``FORKSAFE["THREADS"]`` left unset means "on under ASGI": every request runs
-    in a thread of its own there, whose connections would otherwise stay open
-    until the garbage collector runs. Django runs no system checks inside a
-    server, so the ASGI check is logged here.
+    In the server's event loop, before the request is handled: the ``forksafe``
+    app uses it for what only applies under ASGI (the ``THREADS`` default, W005).
     """
+    if callback not in _first_request_callbacks:
+        _first_request_callbacks.append(callback)
+
+
+def _first_request() -> None:
     global _served
     if _served:
         return
     _served = True
-    from forksafe import checks, conf
-    from forksafe._install import install
-
-    if conf.get("INSTALL") and conf.explicit("THREADS") is None:
-        install(threads=True)
-    for message in checks.asgi_messages("an ASGI request was served"):
-        logger.warning("%s: %s HINT: %s", message.id, message.msg, message.hint)
+    for callback in _first_request_callbacks:
+        callback()
 
 
 async def _on_request_started(sender: object, **kwargs: object) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 from django.core import checks
 
-from forksafe import conf
+from forksafe import _fork, asgi, conf
 from forksafe._pooler import pooler_messages
 from forksafe.uwsgi import ServerFacts, server_facts
 
@@ -93,15 +93,9 @@ def _pool_aliases() -> list[str]:
     ]
 
 
-def _hooks_installed() -> bool:
-    from forksafe import _fork
-
-    return _fork.hooks_installed()
-
-
 def _pool_without_hooks() -> list[checks.CheckMessage]:
     aliases = _pool_aliases()
-    if not aliases or _hooks_installed():
+    if not aliases or _fork.hooks_installed():
         return []
     return [
         checks.Warning(
@@ -164,8 +158,6 @@ def asgi_reason() -> str | None:
     """Why this process looks like an ASGI deployment, or None."""
     from django.conf import settings
 
-    from forksafe import asgi
-
     if asgi.serving():
         return "an ASGI request was served"
     running = [name for name in ASGI_SERVERS if name in sys.modules]
@@ -225,6 +217,12 @@ def forksafe_checks(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
 def register() -> None:
     """Register the checks (called from ``AppConfig.ready()``; idempotent)."""
     checks.register(forksafe_checks)
+
+
+def log_asgi_warnings(reason: str) -> None:
+    """Log W005 inside an ASGI server (``reason``: why we know it is one)."""
+    for message in asgi_messages(reason):
+        logger.warning("%s: %s HINT: %s", message.id, message.msg, message.hint)
 
 
 def log_server_warnings() -> list[checks.CheckMessage]:
