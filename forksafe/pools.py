@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from forksafe import _exit, _fork
+from forksafe._setup import setup_django
 
 logger = logging.getLogger("forksafe")
 
@@ -110,14 +111,8 @@ class _DjangoSetup:
 
 def _setup_django(settings_module: str | None) -> None:
     """In a spawn/forkserver child: ``django.setup()`` from the parent's settings module."""
-    if settings_module is None:
-        return
-    os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
-    import django
-    from django.apps import apps
-
-    if not apps.ready:
-        django.setup()
+    if settings_module is not None:
+        setup_django(settings_module)
 
 
 def _rebuild_process(ref: Any, _django: None) -> Any:

@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError("forksafe.rq needs RQ: pip install 'forksafe[rq]'", name=exc.name) from exc
 
 from forksafe import _exit, _tasks
+from forksafe._setup import setup_django
 from forksafe import install as _install_hooks
 
 if TYPE_CHECKING:
@@ -59,17 +60,6 @@ else:
     _Base = object
 
 __all__ = ["SimpleWorker", "SpawnWorker", "Worker", "WorkerMixin"]
-
-
-def _setup_django() -> None:
-    """``django.setup()`` if a settings module is named and Django is not set up yet."""
-    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
-        return
-    import django
-    from django.apps import apps
-
-    if not apps.ready:
-        django.setup()
 
 
 class WorkerMixin(_Base):
