@@ -21,8 +21,10 @@ def install(
 ) -> None:
     """Make every fork of this process safe for Django connections.
 
-    Call it early -- at the top of ``manage.py``, ``wsgi.py`` or the settings
-    module, before anything connects; it does not need Django to be set up.
+    Call it early -- at the top of ``manage.py``, ``wsgi.py``, ``asgi.py`` or the
+    settings module, before anything connects. It reads no setting and evaluates
+    no lazy object, so it may run before ``DJANGO_SETTINGS_MODULE`` is set or
+    ``settings.configure()`` is called.
     The first call registers the at-fork hooks (:func:`os.register_at_fork`,
     and uWSGI's post-fork chain under uWSGI) and tracks every connection
     Django opens; later calls only change the options they name. An option

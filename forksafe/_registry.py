@@ -9,7 +9,8 @@ This registry sees them all:
 * it listens to Django's ``connection_created`` signal, which every backend
   sends at the end of ``connect()``, in the connecting thread;
 * when tracking starts late (``install()`` after connections were opened), it
-  finds the existing wrappers once with :func:`gc.get_objects`.
+  finds the existing wrappers once (:func:`_existing_wrappers`: no scan at all
+  before a backend was loaded, and no lazy object evaluated).
 
 Each entry keeps a weak reference to the wrapper (the registry never keeps a
 wrapper alive), the pid of the process that opened the connection, the thread
@@ -282,11 +283,38 @@ def start_tracking(*, existing_pid: int | None = None) -> None:
 
     connection_created.connect(_on_connection_created, weak=False, dispatch_uid="forksafe.registry")
     _tracking = True
+    for wrapper in _existing_wrappers():
+        if wrapper.connection is not None:
+            register(wrapper, pid=existing_pid)
+
+
+def _existing_wrappers() -> list[BaseDatabaseWrapper]:
+    """Every ``DatabaseWrapper`` alive in this process, of every thread; no settings read.
+
+    No wrapper can exist before a backend's ``DatabaseWrapper`` class was defined
+    (``django.db.backends.<vendor>.base``, imported at the first use of an
+    alias), so at the top of ``manage.py``, ``wsgi.py`` or the settings module
+    nothing is scanned. Otherwise one pass over the objects the cyclic GC
+    tracks (other threads' wrappers are reachable from no other place). It
+    compares ``type(obj)``, never ``isinstance()``: ``isinstance()`` reads
+    ``__class__``, which evaluates a lazy object -- ``django.conf.settings``
+    (``ImproperlyConfigured`` before ``DJANGO_SETTINGS_MODULE`` is set) and
+    every ``SimpleLazyObject`` alive.
+    """
     base = sys.modules.get("django.db.backends.base.base")
-    if base is not None:
-        for obj in gc.get_objects():
-            if isinstance(obj, base.BaseDatabaseWrapper) and obj.connection is not None:
-                register(obj, pid=existing_pid)
+    if base is None:
+        return []
+    classes = set(_subclasses(base.BaseDatabaseWrapper))
+    if not classes:
+        return []
+    return [obj for obj in gc.get_objects() if type(obj) in classes]
+
+
+def _subclasses(cls: type[Any]) -> Iterator[type[Any]]:
+    sub: type[Any]
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
 
 
 def entries() -> list[Entry]:

@@ -34,6 +34,9 @@ class ForkSafeConfig(AppConfig):
             # Under ASGI, at the first request of each event loop: the loop's executor,
             # THREADS when unset, the ASGI check. Nothing happens under WSGI.
             asgi.connect_signals()
+            # Django's own handler answers ASGI lifespan events: a goodbye at shutdown,
+            # also when uvicorn is stopped with SIGTERM.
+            asgi.answer_lifespan_in_django()
             # Only the options the settings name: an explicit install() call
             # made earlier keeps the rest.
             install(

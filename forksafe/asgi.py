@@ -45,6 +45,7 @@ from forksafe.threads import ThreadPoolExecutor
 
 __all__ = [
     "LifespanMiddleware",
+    "answer_lifespan_in_django",
     "connect_signals",
     "install_default_executor",
     "serving",
@@ -179,26 +180,61 @@ class LifespanMiddleware:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    install_default_executor()
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                try:
-                    await shutdown()
-                except Exception as exc:
-                    logger.warning(
-                        "forksafe: closing connections at shutdown failed", exc_info=True
-                    )
-                    await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
-                    return
-                await send({"type": "lifespan.shutdown.complete"})
+        await _answer_lifespan(receive, send)
+
+
+async def _answer_lifespan(receive: Receive, send: Send) -> None:
+    """Serve one ``lifespan`` scope: :func:`install_default_executor`, then :func:`shutdown`."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                install_default_executor()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                 return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            try:
+                await shutdown()
+            except Exception as exc:
+                logger.warning("forksafe: closing connections at shutdown failed", exc_info=True)
+                await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
+                return
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def answer_lifespan_in_django() -> None:
+    """Make Django's ``ASGIHandler`` answer ``lifespan`` as :class:`LifespanMiddleware` does, once.
+
+    Called by the ``forksafe`` app's ``ready()``, so that ``get_asgi_application()``
+    alone says goodbye at shutdown. Django's handler rejects the ``lifespan`` scope
+    (``ValueError``; uvicorn then logs "ASGI 'lifespan' protocol appears unsupported"
+    and carries on), so no server relied on it. Why it matters: uvicorn stopped with
+    ``SIGTERM`` (systemd, Docker, Kubernetes, gunicorn's uvicorn workers) re-raises the
+    signal with its previous handler once its own shutdown -- the lifespan shutdown
+    included -- is done, inside ``asyncio.run()`` and before the loop's executor is
+    shut down (https://github.com/encode/uvicorn/blob/0.30.0/uvicorn/server.py,
+    ``capture_signals``): without the lifespan shutdown, the default executor's
+    threads never close their sessions. Every other scope goes to Django unchanged.
+    """
+    from django.core.handlers.asgi import ASGIHandler
+
+    current = ASGIHandler.__dict__["__call__"]
+    if hasattr(current, "__forksafe_original__"):
+        return
+
+    async def __call__(self: ASGIHandler, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _answer_lifespan(receive, send)
+            return
+        await current(self, scope, receive, send)
+
+    __call__.__qualname__ = current.__qualname__
+    __call__.__doc__ = current.__doc__
+    __call__.__forksafe_original__ = current  # type: ignore[attr-defined]
+    ASGIHandler.__call__ = __call__  # type: ignore[method-assign,assignment]
 
 
 _served = False  # this process has served an ASGI request

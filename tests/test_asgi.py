@@ -253,28 +253,77 @@ def test_lifespan_middleware_installs_at_startup_and_closes_at_shutdown(
         seen.append("http")
         await asyncio.to_thread(backend_id)
 
-    async def main() -> tuple[list[str], int, int]:
-        wrapped = forksafe.asgi.LifespanMiddleware(app)
-        inbox: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
-        sent: list[str] = []
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            sent.append(message["type"])
-
-        lifespan = asyncio.create_task(wrapped({"type": "lifespan"}, inbox.get, send))
-        await inbox.put({"type": "lifespan.startup"})
-        await asyncio.sleep(0.05)
-        await wrapped({"type": "http"}, inbox.get, send)
-        during = await _sessions_now()
-        await inbox.put({"type": "lifespan.shutdown"})
-        await asyncio.wait_for(lifespan, timeout=10)
-        return sent, during, await _sessions_now()
-
-    sent, during, after = asyncio.run(main())
+    wrapped = forksafe.asgi.LifespanMiddleware(app)
+    sent, during, after = asyncio.run(
+        run_lifespan(wrapped, lambda receive, send: wrapped({"type": "http"}, receive, send))
+    )
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert seen == ["http"]
     assert before is not None and during == before + 1
     assert after == before  # closed by the shutdown, in the worker, without the GC
+
+
+async def run_lifespan(app: Any, work: Any) -> tuple[list[str], int, int]:
+    """Drive ``app``'s lifespan: startup, ``await work(receive, send)``, shutdown.
+
+    Returns the message types ``app`` sent and the server's session counts during the
+    work and after the shutdown.
+    """
+    inbox: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+    sent: list[str] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message["type"])
+
+    lifespan = asyncio.create_task(app({"type": "lifespan"}, inbox.get, send))
+    await inbox.put({"type": "lifespan.startup"})
+    await asyncio.sleep(0.05)
+    await work(inbox.get, send)
+    during = await _sessions_now()
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(lifespan, timeout=10)
+    return sent, during, await _sessions_now()
+
+
+@pytest.mark.parametrize("conn_max_age", [None], indirect=True)
+@pytest.mark.usefixtures("conn_max_age", "no_gc")
+def test_djangos_asgi_handler_answers_lifespan_when_the_forksafe_app_is_installed(
+    vendor: str, db: None
+) -> None:
+    """``get_asgi_application()`` alone: the executor's session closes at the lifespan shutdown."""
+    if vendor == "sqlite":
+        pytest.skip("counts server sessions")
+    from django.core.asgi import get_asgi_application
+
+    before = quiet_sessions()
+    application = get_asgi_application()
+
+    async def work(receive: object, send: object) -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop._default_executor, forksafe.ThreadPoolExecutor)  # type: ignore[attr-defined]
+        await loop.run_in_executor(None, backend_id)
+
+    sent, during, after = asyncio.run(run_lifespan(application, work))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert before is not None and during == before + 1
+    assert after == before
+
+
+@pytest.mark.nodb
+def test_control_djangos_own_asgi_handler_rejects_lifespan() -> None:
+    """What the forksafe app changes: Django's handler alone refuses the lifespan scope."""
+    from django.core.handlers.asgi import ASGIHandler
+
+    original = ASGIHandler.__call__.__forksafe_original__  # type: ignore[attr-defined]
+
+    async def receive() -> dict[str, str]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: object) -> None:
+        raise AssertionError(f"sent {message!r}")
+
+    with pytest.raises(ValueError, match="lifespan"):
+        asyncio.run(original(ASGIHandler(), {"type": "lifespan"}, receive, send))
 
 
 # --- forksafe demo --only asgi -------------------------------------------------------------
