@@ -348,7 +348,13 @@ class ProjectServer(Server):
             "gunicorn-preload": [*gunicorn, "--preload", "mysite.wsgi"],
             "uwsgi-master": [*uwsgi, "--master"],
             "uwsgi-no-master": uwsgi,
-            "uvicorn": [str(binary("uvicorn")), "mysite.asgi:application", "--port", str(port)],
+            "uvicorn": [
+                str(binary("uvicorn")),
+                "mysite.asgi:application",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
             "gunicorn-uvicorn": [
                 *gunicorn,
                 "--worker-class",
@@ -415,8 +421,11 @@ def project_dir(migrated: None, tmp_path: Path) -> Iterator[Path]:
 def test_runserver_with_install_in_manage_py_gives_each_request_thread_its_own_session(
     project_dir: Path,
 ) -> None:
-    """A thread per request; Django's runserver closes each thread's connections."""
-    project = generate_project(project_dir, "manage.py", conn_max_age=CONN_MAX_AGE)
+    """A thread per request, Django's default ``CONN_MAX_AGE`` (0, as generated): each
+    request closes its connection. (With ``CONN_MAX_AGE`` > 0 each ended request thread
+    keeps its session until the GC runs, with or without forksafe: ``FORKSAFE["THREADS"]``
+    is off outside ASGI.)"""
+    project = generate_project(project_dir, "manage.py")
     run = serve(project, "runserver", [""])
     assert_clean(run, workers=1, keeps=0)
 
@@ -424,9 +433,16 @@ def test_runserver_with_install_in_manage_py_gives_each_request_thread_its_own_s
 @pytest.mark.parametrize(
     ("config", "placement", "keeps"),
     [
-        ("gunicorn-sync", "settings.py", WORKERS),
-        ("gunicorn-gthread", "wsgi.py", WORKERS * THREADS),
-        ("uwsgi-master", "wsgi.py", WORKERS),
+        pytest.param(
+            "gunicorn-sync", "settings.py", WORKERS, id="gunicorn-sync-install-in-settings.py"
+        ),
+        pytest.param(
+            "gunicorn-gthread",
+            "wsgi.py",
+            WORKERS * THREADS,
+            id="gunicorn-gthread-install-in-wsgi.py",
+        ),
+        pytest.param("uwsgi-master", "wsgi.py", WORKERS, id="uwsgi-master-install-in-wsgi.py"),
     ],
 )
 def test_wsgi_server_workers_keep_own_sessions_and_say_goodbye_at_sigterm(
@@ -464,13 +480,22 @@ def test_control_plain_django_preloaded_workers_share_the_arbiter_session(
     assert result.on_loader_session > 0 or result.errors, run.summary()
 
 
-@pytest.mark.parametrize("placement", ["asgi.py", "INSTALLED_APPS"])
+@pytest.mark.parametrize(
+    ("placement", "conn_max_age"),
+    [
+        # The README's advice under ASGI: CONN_MAX_AGE = 0 (a pool aside).
+        pytest.param("asgi.py", 0, id="install-in-asgi.py"),
+        # Persistent connections: the executor's threads keep theirs until the shutdown.
+        pytest.param("INSTALLED_APPS", CONN_MAX_AGE, id="the-app-alone"),
+    ],
+)
 @pytest.mark.parametrize("config", ["uvicorn", "gunicorn-uvicorn"])
 def test_asgi_server_stopped_with_sigterm_abandons_no_session(
-    project_dir: Path, config: str, placement: str
+    project_dir: Path, config: str, placement: str, conn_max_age: int
 ) -> None:
-    """The sync view (a thread per request) and the loop's default executor."""
-    project = generate_project(project_dir, placement, conn_max_age=CONN_MAX_AGE)
+    """The sync view (a thread per request) and the loop's default executor
+    (``sync_to_async(thread_sensitive=False)``)."""
+    project = generate_project(project_dir, placement, conn_max_age=conn_max_age)
     workers = 1 if config == "uvicorn" else WORKERS
     run = serve(project, config, ["", "executor"], workers=workers)
     executor = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor size
