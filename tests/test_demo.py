@@ -93,26 +93,41 @@ def require_matplotlib() -> None:
 
 
 @pytest.mark.nodb
-def test_demo_on_sqlite_shows_plain_forked_children_on_the_parents_handle_and_forksafe_ok(
+def test_demo_on_sqlite_shows_plain_children_on_the_parents_handle_and_threads_leaking_handles(
     vendor: str, tmp_path: Path
 ) -> None:
     if vendor != "sqlite":
         pytest.skip("the SQLite demo runs once, in the sqlite3 run")
-    proc = demo("--only", "fork,threads", cwd=tmp_path)
+    proc = demo("--only", "fork,pools,threads,queues", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = scenario_verdicts(proc.stdout)
-    assert len(rows) == 16, proc.stdout  # 5 fork rows + 3 thread rows, two modes each
+    assert len(rows) == 18, proc.stdout  # 5 fork, 1 pool, 3 thread rows, two modes each
     for (title, mode), cells in rows.items():
         if mode == "forksafe":
             assert cells[-1] == "ok", (title, cells)
     # SQLite forbids carrying a handle across fork: without forksafe, the child uses it.
-    for title in ("child runs ORM queries, exits", "other parent thread holds a connection"):
+    for title in (
+        "child runs ORM queries, exits",
+        "other parent thread holds a connection",
+        "fork Pool(2) after the parent queried",
+    ):
         assert rows[(title, "plain")][3] == "NO", rows[(title, "plain")]
         assert rows[(title, "plain")][-1] == "BROKEN"
         assert rows[(title, "forksafe")][3] == "yes"
+    # Ended threads keep their handle on the database file open until the GC runs.
+    for title in (
+        "50 short threads, joined (forksafe.Thread)",
+        "50 threading.Threads (install(threads=True))",
+        "8-worker executor, 200 tasks, shutdown()",
+    ):
+        assert int(rows[(title, "plain")][4]) > 0, rows[(title, "plain")]
+        assert rows[(title, "plain")][-1] == "BROKEN"
+        assert rows[(title, "forksafe")][4] == "0", rows[(title, "forksafe")]
+    # The RQ row counts what a server saw abandoned: on SQLite it says so instead of "ok".
+    assert "RQ row skipped: it counts the sessions the server saw abandoned" in proc.stdout
     # Progress: one line per scenario and mode as it finishes (stderr is not a TTY here).
-    assert proc.stderr.count("\n") == 16, proc.stderr
-    assert "[16/16] 8-worker executor" in proc.stderr
+    assert proc.stderr.count("\n") == 18, proc.stderr
+    assert "[18/18] 8-worker executor" in proc.stderr
 
 
 @pytest.mark.nodb

@@ -145,9 +145,10 @@ def test_workers_get_own_sessions_and_none_are_left_after_join(
 def test_control_plain_fork_pool_shares_or_hangs_on_the_parent_session(
     db_url: str, vendor: str
 ) -> None:
-    """Without forksafe, fork workers inherit the parent's session (a fresh interpreter)."""
-    if vendor == "sqlite":
-        pytest.skip("SQLite has no server session to share")
+    """Without forksafe, fork workers inherit the parent's session (a fresh interpreter).
+
+    SQLite: its handle, which the workers then use (SQLite forbids it).
+    """
     plain = _scenarios.run("mp_pool", db_url, mode="plain")
     assert plain["child_own_session"] is not True, plain
     assert plain["child_own_session"] is False or "hung" in (plain["child_error"] or ""), plain
@@ -155,7 +156,8 @@ def test_control_plain_fork_pool_shares_or_hangs_on_the_parent_session(
     assert safe["child_error"] is None, safe
     assert safe["child_own_session"] is True, safe
     assert safe["parent_same_session"] is True, safe
-    assert safe["sessions_left"] == 0, safe
+    if vendor != "sqlite":  # a child's handles close with it: nothing to count
+        assert safe["sessions_left"] == 0, safe
 
 
 @pytest.mark.parametrize("library", ["multiprocessing", "multiprocess"])

@@ -718,17 +718,14 @@ def test_classes_work_before_django_is_configured() -> None:
 
 
 @pytest.mark.parametrize("scenario", ["threads", "threads_any", "executor"])
-def test_demo_thread_scenarios_leave_no_sessions(db_url: str, vendor: str, scenario: str) -> None:
+def test_demo_thread_scenarios_leave_no_sessions(db_url: str, scenario: str) -> None:
     res = _scenarios.run(scenario, db_url, mode="forksafe")
     assert res["parent_error"] is None, res["stderr"]
     assert res["parent_same_session"] is True
-    if vendor != "sqlite":
-        assert res["sessions_left"] == 0, res
+    assert res["sessions_left"] == 0, res  # SQLite: handles on the database file
 
 
-def test_control_demo_plain_threads_leave_sessions(db_url: str, vendor: str) -> None:
-    if vendor == "sqlite":
-        pytest.skip("counts server sessions")
+def test_control_demo_plain_threads_leave_sessions(db_url: str) -> None:
     res = _scenarios.run("threads", db_url, mode="plain")
     assert res["parent_same_session"] is True
     assert res["sessions_left"] > 0, res

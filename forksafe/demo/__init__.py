@@ -75,7 +75,13 @@ close_before_fork=False here, to show that the parent's open connection survives
 RQ row: 'left' adds the sessions the server saw abandoned (no goodbye).
 Thread rows: 'left' counts the sessions still open once the threads were joined
 or the executor shut down, without gc.collect(); 'parent' is the main thread.
-'-': not measurable here (SQLite has no server sessions).
+'-': not measured by this row, or not measurable on this database.
+"""
+_SQLITE_EXPLANATION = """\
+SQLite has no server and no sessions: a session here is a handle on the database file.
+Thread rows: 'left' counts the handles still open in the process once the threads
+were joined or the executor shut down (from /proc/self/fd; without it, the open sqlite3
+connections). A forked child's handles close with the child: nothing can be left ('-').
 """
 
 
@@ -336,7 +342,14 @@ def _run(
         return 0
 
     pool = _has_native_pool(database)
-    queues_note = _scenarios.redis_answers() if "queues" in only else None
+    queues_note = None
+    if "queues" in only:
+        queues_note = (
+            "it counts the sessions the server saw abandoned, and SQLite has none: give"
+            " --database postgresql://... or mysql://..."
+            if sqlite
+            else _scenarios.redis_answers()
+        )
     rows = [
         r
         for r in ROWS
@@ -406,7 +419,7 @@ def _run(
         return _fail(f"uWSGI scenario failed: {type(exc).__name__}: {_first_line(str(exc))}")
     bar.close()
     if len(table) > 1:
-        out.write(_EXPLANATION + "\n")
+        out.write(_EXPLANATION + (_SQLITE_EXPLANATION if sqlite else "") + "\n")
         _table(table, out)
     if queues_note is not None:
         out.write(f"\nRQ row skipped: {queues_note}\n")

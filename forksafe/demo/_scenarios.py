@@ -16,6 +16,7 @@ The scenario process prints one JSON object on its last stdout line; see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -233,10 +234,13 @@ def scenario_mp_pool(exit_path: str, result: Result) -> None:
         for pid, backend in seen:
             by_pid.setdefault(pid, set()).add(backend)
         backends = [b for bs in by_pid.values() for b in bs]
-        if result.vendor != "sqlite":  # SQLite's "backend id" is an address: not comparable
-            result.child_own_session = parent_backend not in backends and len(backends) == len(
-                set(backends)
-            )
+        own = parent_backend not in backends
+        if result.vendor != "sqlite":
+            own = own and len(backends) == len(set(backends))
+        # SQLite's "backend id" is an address: two workers' handles may share one. The
+        # parent's handle stays alive in each worker (in use, or parked by forksafe), so
+        # no other handle there can have the parent's address.
+        result.child_own_session = own
         pool.close()
     except multiprocessing.TimeoutError:
         result.child_error = "the map hung (workers stuck on a shared session)"
@@ -315,6 +319,65 @@ def _one_query() -> None:
     backend_id()
 
 
+def _proc_fd_handles(path: str) -> int | None:
+    """Count this process's descriptors open on ``path``; None without ``/proc/self/fd``."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    n = 0
+    for fd in fds:
+        with contextlib.suppress(OSError):  # listdir's own descriptor, closed since
+            n += os.readlink(f"/proc/self/fd/{fd}") == path
+    return n
+
+
+def _live_sqlite_connections() -> int:
+    """Count the ``sqlite3`` connections alive and open in this process (no ``/proc``)."""
+    import gc
+    import sqlite3
+
+    n = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, sqlite3.Connection):
+            try:
+                obj.in_transaction  # noqa: B018 - raises on a closed connection
+            except sqlite3.ProgrammingError:
+                continue
+            n += 1
+    return n
+
+
+def sqlite_handles() -> int | None:
+    """Count the handles on the SQLite database file still open in this process.
+
+    What a leaked SQLite connection holds: one descriptor on the database file
+    (its -journal/-wal files come and go with transactions, so they are left out).
+    Read from ``/proc/self/fd``; elsewhere, the open ``sqlite3`` connections.
+    None for an in-memory database or another vendor.
+    """
+    from django.db import connections
+
+    settings = connections.settings["default"]
+    name = str(settings["NAME"])
+    if not settings["ENGINE"].endswith("sqlite3") or name == ":memory:" or "mode=memory" in name:
+        return None
+    handles = _proc_fd_handles(os.path.realpath(name))
+    return _live_sqlite_connections() if handles is None else handles
+
+
+def _open_now(result: Result) -> int | None:
+    """Server sessions now; on SQLite, the database file's handles open in this process."""
+    return sqlite_handles() if result.vendor == "sqlite" else count_sessions()
+
+
+def _open_after(result: Result) -> int | None:
+    """:func:`_open_now` once the server has ended what was closed (SQLite closes at once)."""
+    if result.vendor == "sqlite":
+        return sqlite_handles()
+    return settle_sessions(result.sessions_before, timeout=1.0)
+
+
 def scenario_threads(exit_path: str, result: Result) -> None:
     """50 short threads, one query each, all joined; no ``gc.collect()``.
 
@@ -330,14 +393,14 @@ def scenario_threads(exit_path: str, result: Result) -> None:
         else:
             thread_class = forksafe.Thread
     parent_backend = backend_id()
-    result.sessions_before = count_sessions()
+    result.sessions_before = _open_now(result)
     threads = [thread_class(target=_one_query) for _ in range(50)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     _parent_check(parent_backend, result)
-    result.sessions_after = settle_sessions(result.sessions_before, timeout=1.0)
+    result.sessions_after = _open_after(result)
 
 
 def scenario_executor(exit_path: str, result: Result) -> None:
@@ -355,12 +418,12 @@ def scenario_executor(exit_path: str, result: Result) -> None:
     else:
         executor = ThreadPoolExecutor(8)
     parent_backend = backend_id()
-    result.sessions_before = count_sessions()
+    result.sessions_before = _open_now(result)
     backends = set(executor.map(lambda _: backend_id(), range(200)))
     executor.shutdown(wait=True)
     result.extra["worker_sessions"] = len(backends)
     _parent_check(parent_backend, result)
-    result.sessions_after = settle_sessions(result.sessions_before, timeout=1.0)
+    result.sessions_after = _open_after(result)
 
 
 def scenario_threads_timeline(exit_path: str, result: Result) -> None:
