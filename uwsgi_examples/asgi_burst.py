@@ -31,7 +31,7 @@ if not __package__:  # `python asgi_burst.py`: make `uwsgi_examples` importable
 from uwsgi_examples.load import LoadResult, fire
 from uwsgi_examples.run import Server, migrate
 
-__all__ = ["VIEWS", "Run", "measure", "table"]
+__all__ = ["VIEWS", "Run", "measure", "measure_server", "table"]
 
 #: The example's views, by path.
 VIEWS = {
@@ -97,21 +97,43 @@ def measure(
     """Start ``config``, fire a burst at each of ``paths`` in turn, stop it gracefully.
 
     Django must be set up in this process with ``default`` on the same database
-    (the counts come from there). ``left[path]``: sessions open once that burst
-    is over beyond those open before it (the application's loader may hold one on
-    purpose, an earlier burst's executor its own); ``abandoned``: counted by the
-    server from start to after the shutdown (None for SQLite).
+    (the counts come from there). See :func:`measure_server` for what is counted.
+    """
+    env = {"EXAMPLE_CONN_MAX_AGE": str(conn_max_age), **(env or {})}
+    server = Server(config, database_url, forksafe=forksafe, processes=processes, env=env)
+    mode = "plain" if forksafe == "0" else "forksafe"
+    return measure_server(server, paths, mode=mode, requests=requests, concurrency=concurrency)
+
+
+def measure_server(
+    server: Server,
+    paths: list[str],
+    *,
+    mode: str = "forksafe",
+    requests: int = 200,
+    concurrency: int = 8,
+    signum: int | None = None,
+    group: bool = False,
+) -> Run:
+    """Start ``server`` (not started yet), fire a burst at each of ``paths``, stop it with
+    ``signum`` (default: its :attr:`~Server.graceful_signal`; ``group``: to its whole
+    process group, as Ctrl-C does).
+
+    Django must be set up in this process with ``default`` on the server's database.
+    ``left[path]``: sessions open once that burst is over beyond those open before it
+    (the application's loader may hold one on purpose, an earlier burst's executor its
+    own); ``left_after_stop``: sessions open after the stop beyond those before the
+    start; ``abandoned``: counted by the database server from start to after the stop
+    (None for SQLite).
     """
     from django.db import connections
 
     from forksafe._sessions import quiet_sessions, settle_sessions
 
     connections.close_all()
-    run = Run(config, "plain" if forksafe == "0" else "forksafe")
+    run = Run(server.config, mode)
     baseline = quiet_sessions()
     abandoned_before = _abandoned_settled()
-    env = {"EXAMPLE_CONN_MAX_AGE": str(conn_max_age), **(env or {})}
-    server = Server(config, database_url, forksafe=forksafe, processes=processes, env=env)
     with server:
         for path in paths:
             before = quiet_sessions()
@@ -119,7 +141,8 @@ def measure(
             # Request threads end a moment after their answer: take a stable count.
             now = quiet_sessions(timeout=3.0, stable_for=0.3)
             run.left[path] = -1 if now is None or before is None else now - before
-        run.status = server.stop(signum=server.graceful_signal)
+        signum = server.graceful_signal if signum is None else signum
+        run.status = server.stop(signum=signum, group=group)
         run.log = server.log()
     if baseline is not None:
         n = settle_sessions(baseline, timeout=10, at_most=True)

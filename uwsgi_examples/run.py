@@ -195,6 +195,9 @@ def migrate(database_url: str, *, settings: str | None = None) -> None:
 class Server:
     """One example server process group on 127.0.0.1, stopped for sure on exit."""
 
+    #: The directory the server runs in (a subclass serving another project sets its own).
+    cwd: Path = HERE
+
     def __init__(
         self,
         config: str,
@@ -236,7 +239,7 @@ class Server:
             self._log.truncate()
             self.proc = subprocess.Popen(
                 self.cmd,
-                cwd=HERE,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
@@ -317,17 +320,24 @@ class Server:
         """The signal that stops this server gracefully (gunicorn: SIGTERM; SIGINT is quick)."""
         return signal.SIGTERM if self.config.startswith("gunicorn") else signal.SIGINT
 
-    def stop(self, timeout: float = 20.0, signum: int | None = None) -> int | None:
+    def stop(
+        self, timeout: float = 20.0, signum: int | None = None, *, group: bool = False
+    ) -> int | None:
         """Stop the server: ``signum`` (default SIGINT), then SIGKILL for the process group.
 
-        Returns the exit status when it stopped within ``timeout`` after ``signum``,
-        else None (it was killed).
+        ``group``: send ``signum`` to the whole process group, as a terminal's Ctrl-C does,
+        instead of the first process alone. Returns the exit status when it stopped within
+        ``timeout`` after ``signum``, else None (it was killed).
         """
         if self.proc is None:
             return None
         status: int | None = None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT if signum is None else signum)
+            signum = signal.SIGINT if signum is None else signum
+            if group:
+                os.killpg(self.proc.pid, signum)
+            else:
+                self.proc.send_signal(signum)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 status = self.proc.wait(timeout)
         with contextlib.suppress(ProcessLookupError):
