@@ -78,7 +78,7 @@ class WorkerMixin(_Base):
             )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _setup_django()
+        setup_django()
         _install_hooks()
         _tasks.start_tracking()
         super().__init__(*args, **kwargs)
