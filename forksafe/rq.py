@@ -38,7 +38,6 @@ A burst worker run from code (``worker.work(burst=True)`` in a test) runs
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -47,8 +46,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError("forksafe.rq needs RQ: pip install 'forksafe[rq]'", name=exc.name) from exc
 
 from forksafe import _exit, _tasks
-from forksafe._setup import setup_django
 from forksafe import install as _install_hooks
+from forksafe._setup import setup_django
 
 if TYPE_CHECKING:
     from rq.executions import Execution
