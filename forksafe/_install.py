@@ -1,16 +1,19 @@
 """``forksafe.install()``: switch everything on, in one call at start-up.
 
 The one module that knows every integration: it imports the fork hooks
-(``_fork``), the thread guard (``threads``) and the uWSGI hook (``uwsgi``);
-none of them imports it.
+(``_fork``), the thread guard (``threads``), the uWSGI hook (``uwsgi``) and the
+ASGI wiring (``asgi``); none of them imports it.
 """
 
 from __future__ import annotations
 
-from forksafe import _fork, _guard, _registry, uwsgi
+from forksafe import _fork, _guard, _registry, asgi, uwsgi
 from forksafe import threads as _threads  # the parameter ``threads`` shadows the name
 
-__all__ = ["install"]
+__all__ = ["cover_asgi", "install"]
+
+# Whether install(threads=...) was ever given: if not, ASGI switches the guard on.
+_threads_chosen = False
 
 
 def install(
@@ -69,6 +72,30 @@ def install(
     _fork.reset_after_late_install()
     _registry.start_tracking()
     if threads is not None:
+        global _threads_chosen
+        _threads_chosen = True
         _threads.close_at_thread_exit(threads)
     _fork.register_hooks()
     uwsgi.install_if_under_uwsgi()
+    if asgi.server_running():
+        cover_asgi()
+
+
+def cover_asgi() -> None:
+    """Set Django's ASGI handler up for forksafe; idempotent.
+
+    At the first request of each event loop, its default executor becomes a
+    :class:`forksafe.ThreadPoolExecutor`; Django's handler answers the
+    ``lifespan`` protocol (``forksafe.asgi``); and, unless ``install(threads=...)``
+    chose otherwise, every thread closes its connections when it ends -- under
+    ASGI, each request is a thread of its own. :func:`install` calls it when an
+    ASGI server is running (its module imported), the ``forksafe`` app always.
+    """
+    asgi.connect_signals()
+    asgi.answer_lifespan_in_django()
+    asgi.call_at_first_request(_threads_unless_chosen)
+
+
+def _threads_unless_chosen() -> None:
+    if not _threads_chosen:
+        install(threads=True)

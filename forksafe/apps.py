@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 from forksafe import asgi, checks, conf
-from forksafe._install import install
+from forksafe._install import cover_asgi, install
 
 __all__ = ["ForkSafeConfig"]
 
@@ -30,12 +30,11 @@ class ForkSafeConfig(AppConfig):
         checks.register()
         if conf.get("INSTALL"):
             # Under ASGI, at the first request of each event loop: the loop's executor,
-            # THREADS when unset, the ASGI check. Nothing happens under WSGI.
-            asgi.connect_signals()
-            asgi.call_at_first_request(_at_first_asgi_request)
-            # Django's own handler answers ASGI lifespan events: a goodbye at shutdown,
-            # also when uvicorn is stopped with SIGTERM.
-            asgi.answer_lifespan_in_django()
+            # THREADS when unset, the ASGI check; Django's handler answers lifespan
+            # events (a goodbye at shutdown, also when uvicorn is stopped with SIGTERM).
+            # Nothing happens under WSGI.
+            cover_asgi()
+            asgi.call_at_first_request(_log_asgi_warnings)
             # Only the options the settings name: an explicit install() call
             # made earlier keeps the rest.
             install(
@@ -47,14 +46,6 @@ class ForkSafeConfig(AppConfig):
             checks.log_server_warnings()
 
 
-def _at_first_asgi_request() -> None:
-    """Once per process, at the first ASGI request: the ``THREADS`` default, then W005.
-
-    ``FORKSAFE["THREADS"]`` left unset means "on under ASGI": every request runs
-    in a thread of its own there, whose connections would otherwise stay open
-    until the garbage collector runs. Django runs no system checks inside a
-    server, so the ASGI check is logged here.
-    """
-    if conf.get("INSTALL") and conf.explicit("THREADS") is None:
-        install(threads=True)
+def _log_asgi_warnings() -> None:
+    """At the first ASGI request: W005 (Django runs no system checks inside a server)."""
     checks.log_asgi_warnings("an ASGI request was served")

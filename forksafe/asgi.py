@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -44,10 +45,13 @@ from typing import Any
 from forksafe.threads import ThreadPoolExecutor
 
 __all__ = [
+    "ASGI_SERVERS",
     "LifespanMiddleware",
     "answer_lifespan_in_django",
+    "call_at_first_request",
     "connect_signals",
     "install_default_executor",
+    "server_running",
     "serving",
     "shutdown",
 ]
@@ -235,6 +239,17 @@ def answer_lifespan_in_django() -> None:
     __call__.__doc__ = current.__doc__
     __call__.__forksafe_original__ = current  # type: ignore[attr-defined]
     ASGIHandler.__call__ = __call__  # type: ignore[method-assign,assignment]
+
+
+#: ASGI servers whose module in ``sys.modules`` means this process serves ASGI.
+ASGI_SERVERS = ("uvicorn", "daphne", "hypercorn", "granian")
+
+
+def server_running() -> bool:
+    """Whether this process looks like an ASGI server: one of :data:`ASGI_SERVERS` imported,
+    or Django's ASGI handler."""
+    modules = sys.modules
+    return "django.core.handlers.asgi" in modules or any(name in modules for name in ASGI_SERVERS)
 
 
 _served = False  # this process has served an ASGI request

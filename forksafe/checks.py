@@ -150,9 +150,6 @@ def _uwsgi_checks() -> list[checks.CheckMessage]:
 
 # --- ASGI -----------------------------------------------------------------------------------
 
-#: ASGI servers whose presence in ``sys.modules`` means this process serves ASGI.
-ASGI_SERVERS = ("uvicorn", "daphne", "hypercorn", "granian")
-
 
 def asgi_reason() -> str | None:
     """Why this process looks like an ASGI deployment, or None."""
@@ -160,7 +157,7 @@ def asgi_reason() -> str | None:
 
     if asgi.serving():
         return "an ASGI request was served"
-    running = [name for name in ASGI_SERVERS if name in sys.modules]
+    running = [name for name in asgi.ASGI_SERVERS if name in sys.modules]
     if running:
         return f"running under {running[0]}"
     if getattr(settings, "ASGI_APPLICATION", None):

@@ -45,7 +45,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
-from forksafe import _fleet, _pooler, _sessions, conf, uwsgi
+from forksafe import _fleet, _pooler, _sessions, asgi, conf, uwsgi
 
 __all__ = [
     "DatabaseServer",
@@ -306,7 +306,7 @@ def _asgi_findings() -> list[Finding]:
     from forksafe import checks
 
     persistent = checks.persistent_without_pool()
-    installed = [name for name in checks.ASGI_SERVERS if _installed(name)]
+    installed = [name for name in asgi.ASGI_SERVERS if _installed(name)]
     if checks.asgi_reason() is not None or not installed or not persistent:
         return []
     settings_text = ", ".join(f"{a!r} CONN_MAX_AGE={v!r}" for a, v in persistent.items())
