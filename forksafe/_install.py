@@ -35,7 +35,7 @@ def install(
 
     ``close_before_fork``: ``True`` runs the pre-fork cleanup of
     :func:`forksafe.prepare_fork` before every ``os.fork()`` too; left unset,
-    only the pool and process wrappers run it; ``False``: they neither (README:
+    only the pool and process wrappers run it; ``False``: they neither (docs:
     "What is closed before a fork"). The child is safe either way; the cleanup
     ends the session (and its locks, temporary tables, ``SET`` values) of every
     idle connection of the forking thread.

@@ -4,7 +4,7 @@
     In the parent, in the forking thread, after the pre-fork cleanup (``os.fork()`` with
     ``install()``'s hooks, :func:`forksafe.prepare_fork`, the pool and process wrappers).
     Arguments: ``closed`` (aliases whose idle connection was closed: none unless the
-    cleanup is on, see the README) and ``kept`` (aliases left open because a cursor or a
+    cleanup is on, see the docs) and ``kept`` (aliases left open because a cursor or a
     transaction uses them). Sender: ``None``.
 ``connection_detached``
     In a forked child, once per inherited connection: ``alias``, ``driver`` (``psycopg``,
