@@ -57,7 +57,31 @@ class _Options:
     close_before_fork: bool | None = None
     freeze_gc: bool = False
 
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        _mark_changed()  # the ``before`` hook reads no option but through _prepare_child_reset()
 
+
+def _mark_changed() -> None:
+    """Something the fork hooks depend on changed: the next fork computes their state again."""
+    global _changed, _fork_readers
+    _fork_readers = None  # first: a child forked from now on resets at once
+    _changed = True
+
+
+# What the ``before`` hook computes for the child (below) is kept from fork to fork and
+# computed again only after something it depends on changed: every object the parent
+# touches between two forks, even only to read it (a reference count is a write on 3.11),
+# is a page it copies at the next fork (copy-on-write applies to the parent too). A fork
+# with nothing changed reads module globals that hold True or False, nothing else.
+# True: compute at the next fork (set by _mark_changed(): the registry, the options, the
+# receivers of forksafe's signals; and when the last transaction.atomic() block closes).
+_changed = True
+# Whether every fork needs the ``before`` hook's full work: the cleanup at every fork,
+# a receiver of ``fork_prepared``, ``freeze_gc``.
+_slow_before = False
+# Set from _options by _prepare_child_reset(), for the child's hook (one global read).
+_freeze_gc = False
 _options = _Options()
 _hooks_registered = False
 # Wrappers the last child reset left in Django's "closed inside a transaction"
@@ -74,14 +98,23 @@ _in_python_fork = False
 # shares with the parent): the signals whose held locks a child replaces (set by
 # register_hooks()) and whether forksafe._exit's atexit callback is registered.
 _signal_locks: tuple[Signal, ...] = signals.ALL
+# The child's hook opens it (as _drivers.open_devnull()).
+_DEVNULL = os.fsencode(os.devnull)
+_DEVNULL_FLAGS = os.O_RDWR | os.O_CLOEXEC
 _closing_at_exit = False
-# Set by the ``before`` hook, in the parent, for the child of the coming os.fork(): what
+# Set by the ``before`` hook, in the parent, for the children of the coming forks: what
 # reads the socket descriptor of each registered connection (_registry.socket_readers();
-# dropped again by the ``after_in_parent`` hook), the forking thread (the child's only
-# thread), and whether the child resets at once.
-_fork_readers: tuple[Callable[[], int], ...] = ()
-_fork_thread = 0
+# None, dropped with the change that made it stale: a reader references its connection),
+# and whether the child resets at once.
+_fork_readers: tuple[Callable[[], int], ...] | None = None
 _fork_resets_at_once = False
+# thread ident -> transaction.atomic() blocks it entered and has not left (_patch_atomic()),
+# and bool() of it for the ``before`` hook, which must not touch the dict itself.
+_atomic_depth: dict[int, int] = {}
+_atomic_open = False
+# True until a fork found no registered connection inside an atomic block: one entered
+# before _patch_atomic() is not counted in _atomic_depth.
+_atomic_unsure = True
 # The pid of the process whose fork hook detached the inherited sockets and left the rest
 # of its reset for later (see _at_fork_in_child()); 0: none.
 _sockets_detached_pid = 0
@@ -123,6 +156,11 @@ def register_hooks() -> None:
         from django.db.backends.signals import connection_created
 
         _signal_locks = (connection_created, *signals.ALL)
+        _patch_atomic()
+        _watch_level()
+        _registry.set_change_hook(_mark_changed)
+        signals._change_hook = _mark_changed
+        _mark_changed()
     _hooks_registered = True
     _close_at_exit()  # here, in the parent: every fork inherits the callback (not the child)
 
@@ -331,8 +369,11 @@ def finish_reset() -> None:
 def _reset_once(*, clean_transactions: bool, bypass: _Bypass | None) -> None:
     """:func:`_detach_inherited`, by one thread at a time; the others wait for it."""
     pid = os.getpid()
-    # The forking thread, not the caller, owns what the child inherited from it.
-    thread = _fork_thread if pid == _sockets_detached_pid else threading.get_ident()
+    # The forking thread, not the caller, owns what the child inherited from it: the main
+    # thread of a forked child (threading's own at-fork hook made it so, keeping its ident).
+    thread = threading.main_thread().ident if pid == _sockets_detached_pid else None
+    if thread is None:
+        thread = threading.get_ident()
     with _reset_locks.setdefault(pid, threading.Lock()):
         _detach_inherited(clean_transactions=clean_transactions, bypass=bypass, thread=thread)
 
@@ -515,8 +556,14 @@ def _at_fork_before() -> None:
     """The ``before`` hook of :func:`os.register_at_fork`: the pre-fork cleanup, never raising."""
     global _in_python_fork
     _in_python_fork = True
-    if not _hooks_registered:
-        return
+    # The common fork: nothing changed since the last one, no cleanup, no receiver, no atomic
+    # block open. It reads four globals that hold True or False and writes one (see _changed).
+    if _hooks_registered and (_changed or _slow_before or _atomic_open or _atomic_unsure):
+        _before_fork()
+
+
+def _before_fork() -> None:
+    """The ``before`` hook's work when it has some: the cleanup, the child's reset prepared."""
     try:
         if _options.close_before_fork is not True:
             signals.send(signals.fork_prepared, closed=[], kept=[])
@@ -537,7 +584,7 @@ def _at_fork_before() -> None:
         _prepare_child_reset()
     except Exception:
         logger.warning("forksafe: preparing the child's reset failed", exc_info=True)
-    if _options.freeze_gc:
+    if _freeze_gc:
         gc.freeze()  # install(freeze_gc=True); last, right before the fork
 
 
@@ -549,33 +596,45 @@ def _prepare_child_reset() -> None:
     (its inherited idle connections are handed out without a pid check), a
     receiver of ``connection_detached``, the ``forksafe`` logger at DEBUG, or a
     connection of the forking thread inside ``transaction.atomic()`` (leaving
-    the block in the child must find it closed, as Django leaves it).
+    the block in the child must find it closed, as Django leaves it). The
+    logger's level is read by the child (it changes without telling anyone).
     """
-    global _fork_readers, _fork_thread, _fork_resets_at_once
+    global _changed, _slow_before, _freeze_gc, _fork_readers, _fork_resets_at_once
+    global _atomic_unsure
+    _changed = False  # first: a change made meanwhile is seen at the next fork
     me = threading.get_ident()
-    entries = _registry.entries()
-    _fork_thread = me
-    _fork_readers = _registry.socket_readers()
-    _fork_resets_at_once = bool(
+    options = _options
+    _freeze_gc = options.freeze_gc
+    _slow_before = bool(
+        options.close_before_fork is True
+        or options.freeze_gc
+        or signals.fork_prepared.receivers
+        or not _level_watched
+    )
+    at_once = bool(
         signals.connection_detached.receivers
         or logger.isEnabledFor(logging.DEBUG)
         or _drivers.native_pools()
-        or any(
-            entry.thread_id == me
-            and (wrapper := entry.wrapper) is not None
-            and wrapper.in_atomic_block
-            for entry in entries
-        )
     )
+    if not at_once and (_atomic_open or _atomic_unsure):
+        in_atomic = [
+            entry.thread_id
+            for entry in _registry.entries()
+            if (wrapper := entry.wrapper) is not None and wrapper.in_atomic_block
+        ]
+        at_once = me in in_atomic
+        if not in_atomic:
+            _atomic_unsure = False  # every atomic block open from now on is counted
+    _fork_resets_at_once = at_once
+    readers = _registry.socket_readers()
+    # Dropped by a change made meanwhile: that fork's child resets at once.
+    _fork_readers = None if _changed else readers
 
 
 def _at_fork_in_parent() -> None:
     """The ``after_in_parent`` hook."""
-    global _in_python_fork, _fork_readers
+    global _in_python_fork
     _in_python_fork = False
-    # The readers reference the connections: kept, they would keep a connection that its
-    # wrapper drops without closing (a thread's, left to the GC) open until the next fork.
-    _fork_readers = ()
 
 
 def _at_fork_in_child() -> None:
@@ -596,17 +655,113 @@ def _at_fork_in_child() -> None:
     if not _hooks_registered:
         return
     try:
-        if _fork_resets_at_once:
+        readers = _fork_readers
+        if readers is None or _fork_resets_at_once:
             _reset_once(clean_transactions=False, bypass=None)
             return
         _sockets_detached_pid = os.getpid()
-        if _options.freeze_gc:
+        if _freeze_gc:
             gc.freeze()
-        _drivers.detach_sockets(_fork_readers)
+        # _drivers.detach_sockets(readers), inlined: a call to another module touches its
+        # module, function and code objects (three pages); a while loop allocates nothing.
+        devnull = -1
+        i = len(readers)
+        try:
+            while i:
+                i -= 1
+                try:
+                    fd = readers[i]()
+                except Exception:
+                    continue  # closed: detach() handles it, if it ever needs to
+                if fd >= 0:
+                    if devnull < 0:
+                        devnull = os.open(_DEVNULL, _DEVNULL_FLAGS)
+                    os.dup2(devnull, fd, False)
+        finally:
+            if devnull >= 0:
+                os.close(devnull)
     except Exception:
         logger.warning(
             "forksafe: detaching the inherited connections after a fork failed", exc_info=True
         )
+
+
+class _LevelCache(dict[int, bool]):
+    """The ``forksafe`` logger's ``isEnabledFor()`` cache, which tells when it is cleared.
+
+    ``logging`` clears every logger's cache whenever a level changes anywhere
+    (``setLevel()``, ``logging.disable()``, ``basicConfig()``, ``dictConfig()``): the
+    ``before`` hook then reads the logger's level again (see _prepare_child_reset()).
+    """
+
+    def clear(self) -> None:
+        """Empty the cache; the next fork reads the level again."""
+        super().clear()
+        _mark_changed()
+
+
+_level_watched = False  # False: the ``before`` hook reads the level at every fork
+
+
+def _watch_level() -> None:
+    """Replace the ``forksafe`` logger's level cache with a :class:`_LevelCache`."""
+    global _level_watched
+    cache = getattr(logger, "_cache", None)
+    if type(cache) is dict:  # CPython 3.7+; otherwise the level is read at every fork
+        logger._cache = _LevelCache(cache)  # type: ignore[attr-defined]
+    _level_watched = isinstance(getattr(logger, "_cache", None), _LevelCache)
+
+
+def _patch_atomic() -> None:
+    """Count, per thread, the ``transaction.atomic()`` blocks open (``_atomic_depth``).
+
+    The ``before`` hook needs to know whether the forking thread holds a connection
+    inside one (see :func:`_prepare_child_reset`); reading every wrapper's
+    ``in_atomic_block`` at every fork would touch each wrapper's page. Counted
+    before entering (a fork in ``__enter__`` finds it counted) and after leaving:
+    a count that is too high only costs the next forks that read.
+    """
+    from django.db.transaction import Atomic
+
+    enter, exit_ = Atomic.__enter__, Atomic.__exit__
+    if getattr(enter, "__forksafe_original__", None) is not None:
+        return
+
+    def __enter__(self: Atomic) -> None:
+        global _atomic_open
+        me = threading.get_ident()
+        _atomic_depth[me] = _atomic_depth.get(me, 0) + 1
+        _atomic_open = True
+        try:
+            enter(self)
+        except BaseException:
+            _atomic_left(me)
+            raise
+
+    def __exit__(self: Atomic, *exc_info: object) -> None:
+        try:
+            exit_(self, *exc_info)  # type: ignore[arg-type]
+        finally:
+            _atomic_left(threading.get_ident())
+
+    __enter__.__forksafe_original__ = enter  # type: ignore[attr-defined]
+    __exit__.__forksafe_original__ = exit_  # type: ignore[attr-defined]
+    Atomic.__enter__ = __enter__  # type: ignore[method-assign]
+    Atomic.__exit__ = __exit__  # type: ignore[method-assign]
+
+
+def _atomic_left(me: int) -> None:
+    global _atomic_open
+    depth = _atomic_depth.get(me, 0) - 1
+    if depth > 0:
+        _atomic_depth[me] = depth
+        return
+    _atomic_depth.pop(me, None)
+    if not _atomic_depth:
+        _atomic_open = False
+        _mark_changed()  # the child of the next fork may no longer need to reset at once
+        if _atomic_depth:  # another thread entered one meanwhile
+            _atomic_open = True
 
 
 def _close_at_exit() -> None:

@@ -63,6 +63,7 @@ __all__ = [
     "note_bypassed",
     "note_detached",
     "register",
+    "set_change_hook",
     "set_connect_hook",
     "start_tracking",
     "stats",
@@ -105,6 +106,8 @@ _seq = itertools.count()  # next() is atomic under the GIL
 # until then (see changes()). A lost increment between two threads still changes it.
 _changes = 0
 _readers: tuple[Callable[[], int], ...] | None = None  # socket_readers(), made lazily
+# Called after every change of the entries (forksafe._fork: what its fork hooks computed is stale).
+_change_hook: Callable[[], None] | None = None
 _tracking = False
 _connect_hook: Callable[[BaseDatabaseWrapper], None] | None = None
 # Per alias, in this process only (a forked child starts from zero).
@@ -113,10 +116,17 @@ _detached: Counter[str] = Counter()
 _bypassed: Counter[str] = Counter()
 
 
-def _index(key: int, entry: Entry) -> None:
+def _changed() -> None:
     global _changes, _readers
     _changes += 1
-    _readers = None
+    _readers = None  # they reference the connections: let a dropped one go
+    hook = _change_hook
+    if hook is not None:
+        hook()
+
+
+def _index(key: int, entry: Entry) -> None:
+    _changed()
     thread = (entry.pid, entry.thread_id)
     bucket = _by_thread.setdefault(thread, {})
     bucket[key] = entry
@@ -125,9 +135,7 @@ def _index(key: int, entry: Entry) -> None:
 
 
 def _unindex(key: int, entry: Entry) -> None:
-    global _changes, _readers
-    _changes += 1
-    _readers = None  # they reference the connection: let it go with its entry
+    _changed()
     bucket = _by_thread.get((entry.pid, entry.thread_id))
     if bucket is not None and bucket.get(key) is entry:
         bucket.pop(key, None)
@@ -253,6 +261,12 @@ def _on_connection_created(
         hook(connection)
 
 
+def set_change_hook(hook: Callable[[], None] | None) -> None:
+    """Call ``hook()`` after every change of the entries, in the thread that made it."""
+    global _change_hook
+    _change_hook = hook
+
+
 def set_connect_hook(hook: Callable[[BaseDatabaseWrapper], None] | None) -> None:
     """Call ``hook(wrapper)`` after registering each new connection (``None``: no hook).
 
@@ -376,9 +390,8 @@ def take_inherited() -> list[Entry]:
     stay registered. The counts of :func:`stats` start from zero: the parent's
     are not this process's.
     """
-    global _entries, _by_thread, _changes, _readers
-    _changes += 1
-    _readers = None
+    global _entries, _by_thread
+    _changed()
     for counts in (_opened, _detached, _bypassed):
         if counts:  # usually only _opened has counts: no call for the others
             counts.clear()

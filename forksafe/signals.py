@@ -27,6 +27,7 @@ into the forking code. A signal without receivers costs nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.dispatch import Signal
@@ -35,9 +36,38 @@ __all__ = ["bypass_detected", "connection_detached", "fork_prepared"]
 
 logger = logging.getLogger("forksafe")
 
-fork_prepared = Signal()
-connection_detached = Signal()
-bypass_detected = Signal()
+# Called after each connect() or disconnect() of one of these signals (forksafe._fork: whether
+# they have receivers is computed again at the next fork, not read at every fork).
+_change_hook: Callable[[], None] | None = None
+
+
+class _Signal(Signal):
+    """A Django ``Signal`` that tells forksafe's fork hooks when its receivers change."""
+
+    def connect(self, *args: Any, **kwargs: Any) -> None:
+        """Connect a receiver (``Signal.connect()``)."""
+        try:
+            super().connect(*args, **kwargs)
+        finally:
+            _changed()
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> bool:
+        """Disconnect a receiver (``Signal.disconnect()``)."""
+        try:
+            return super().disconnect(*args, **kwargs)
+        finally:
+            _changed()
+
+
+def _changed() -> None:
+    hook = _change_hook
+    if hook is not None:
+        hook()
+
+
+fork_prepared = _Signal()
+connection_detached = _Signal()
+bypass_detected = _Signal()
 
 ALL = (fork_prepared, connection_detached, bypass_detected)
 """The three, for code that must handle each (a forked child re-creates their held locks)."""
