@@ -147,10 +147,10 @@ def _noop() -> None:
 
 def bench_p1_overhead(rounds: int, calls: int = 50_000) -> None:
     """Print forksafe's per-task CPU time (µs) in a worker thread with one open connection."""
-    from forksafe import threads
+    from forksafe import _tasks, _thread_guard
 
     def measure() -> None:
-        threads._start_worker(None, ())
+        _thread_guard.guard_this_thread()
         select_one()
         direct: list[float] = []
         wrapped: list[float] = []
@@ -161,7 +161,7 @@ def bench_p1_overhead(rounds: int, calls: int = 50_000) -> None:
             direct.append((time.perf_counter() - start) / calls * 1e6)
             start = time.perf_counter()
             for _ in range(calls):
-                threads._run_task(_noop)
+                _tasks.run_task(_noop)
             wrapped.append((time.perf_counter() - start) / calls * 1e6)
         overhead = statistics.median(wrapped) - statistics.median(direct)
         print(f"P1 overhead: {overhead:.2f} µs per task (one open connection, {rounds} rounds)")

@@ -9,8 +9,7 @@ The public surface is small on purpose; everything else lives in private modules
   process pools whose workers get sessions of their own and close them when they exit,
   under every start method, for ``multiprocessing`` and ``multiprocess``.
 * :class:`Thread`, :class:`ThreadPoolExecutor`, :func:`closing_connections` -- threads
-  that close their own connections when they end (``forksafe.threads``);
-  :class:`DbSafeThread` and :class:`DbSafeThreadPoolExecutor` are aliases.
+  that close their own connections when they end (``forksafe.threads``).
 * :func:`stats` -- this process's connections per alias: opened, open, closed, detached.
 * :class:`ForkSafeWarning` -- emitted when something is left as it is on purpose.
 * ``__version__``.
@@ -27,19 +26,11 @@ from forksafe._fork import after_fork_in_child, prepare_fork, stats
 from forksafe._install import install
 from forksafe._warnings import ForkSafeWarning
 from forksafe.pools import Pool, Process, ProcessPoolExecutor, get_context
-from forksafe.threads import (
-    DbSafeThread,
-    DbSafeThreadPoolExecutor,
-    Thread,
-    ThreadPoolExecutor,
-    closing_connections,
-)
+from forksafe.threads import Thread, ThreadPoolExecutor, closing_connections
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "DbSafeThread",
-    "DbSafeThreadPoolExecutor",
     "ForkSafeWarning",
     "Pool",
     "Process",

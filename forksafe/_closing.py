@@ -8,25 +8,35 @@ from any other (``validate_thread_sharing``). They differ only in what to do
 with a connection inside a transaction and with one the owner shares with
 other threads; :func:`close_owned` takes both as arguments.
 
+:func:`handler_wrappers` and :func:`close_all` are the calling thread's side of
+it: what Django's ``connections`` holds in this thread, and closing a list of
+wrappers with the thread-end rule (what ``forksafe.Thread``, the thread guard
+and the exit of a process use).
+
 This module sits beside ``_registry``: it uses Django's wrapper API and
 nothing of forksafe but its warning class.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 from forksafe._warnings import ForkSafeWarning
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.utils import ConnectionHandler
 
 __all__ = [
     "Outcome",
+    "close_all",
     "close_owned",
     "forget_connection",
+    "handler_wrappers",
     "is_in_memory_sqlite",
 ]
 
@@ -127,3 +137,49 @@ def close_owned(
         return "closed"
     wrapper.close()
     return "closed"
+
+
+def _connection_handler() -> ConnectionHandler | None:
+    """Django's ``connections`` if any wrapper can exist yet, else ``None``.
+
+    Never imports Django and never reads settings: until something asked the
+    handler for its settings (which creating any wrapper does), no thread can
+    hold a connection.
+    """
+    db = sys.modules.get("django.db")
+    handler: ConnectionHandler | None = getattr(db, "connections", None)
+    if handler is None or "settings" not in vars(handler):
+        return None
+    return handler
+
+
+def handler_wrappers() -> list[BaseDatabaseWrapper]:
+    """The wrappers that Django's ``connections`` created in the calling thread."""
+    handler = _connection_handler()
+    return [] if handler is None else list(handler.all(initialized_only=True))
+
+
+def close_all(
+    wrappers: Iterable[BaseDatabaseWrapper], *, in_atomic: Literal["close", "warn"]
+) -> list[BaseException]:
+    """Close each of ``wrappers`` owned by the calling thread; return the errors.
+
+    The rule is :func:`close_owned`'s, with ``shared="skip"``: a connection this
+    thread shares (``inc_thread_sharing()``) was handed to other threads on
+    purpose -- Django's own ``test_default_connection_thread_local`` shares one
+    so that the main thread can use and close it after this one ended. It stays
+    open for them: whoever it was shared with closes it, or the cyclic GC does
+    once the wrapper is unreachable. ``in_atomic="close"`` when the code that
+    opened the block is gone, ``"warn"`` while it still runs.
+    """
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+    for wrapper in wrappers:
+        if id(wrapper) in seen:
+            continue
+        seen.add(id(wrapper))
+        try:
+            close_owned(wrapper, in_atomic=in_atomic, shared="skip")
+        except Exception as exc:
+            errors.append(exc)
+    return errors

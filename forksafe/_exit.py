@@ -23,7 +23,7 @@ import os
 import sys
 import threading
 
-from forksafe import _drivers, _fork, _registry
+from forksafe import _closing, _drivers, _fork, _registry
 
 logger = logging.getLogger("forksafe")
 
@@ -59,15 +59,14 @@ def close_own_connections() -> None:
 
 
 def _close_thread_connections() -> None:
-    from forksafe import threads
-
     me = threading.get_ident()
     registered = [
         wrapper
         for entry in _registry.entries_of_thread(os.getpid(), me)
         if (wrapper := entry.wrapper) is not None
     ]
-    for exc in threads._close_all(threads._handler_wrappers() + registered, in_atomic="close"):
+    wrappers = _closing.handler_wrappers() + registered
+    for exc in _closing.close_all(wrappers, in_atomic="close"):
         logger.warning(
             "forksafe: closing a connection before the process exits failed",
             exc_info=(type(exc), exc, exc.__traceback__),
@@ -111,3 +110,7 @@ def close_at_exit() -> None:
         atexit.register(_at_exit)
         _registered = True
         _registered_in = os.getpid()
+
+
+# The fork hooks call it: in the parent at install(), in a child whose parent did not.
+_fork.set_exit_hook(close_at_exit)

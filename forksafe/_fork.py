@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from forksafe import _closing, _drivers, _guard, _registry, signals
+from forksafe import _closing, _drivers, _registry, signals
 from forksafe._closing import forget_connection, is_in_memory_sqlite
 from forksafe._warnings import ForkSafeWarning
 
@@ -43,6 +43,7 @@ __all__ = [
     "reset_after_late_install",
     "reset_child",
     "set_close_before_fork",
+    "set_exit_hook",
     "set_freeze_gc",
 ]
 
@@ -102,6 +103,7 @@ _signal_locks: tuple[Signal, ...] = signals.ALL
 _DEVNULL = os.fsencode(os.devnull)
 _DEVNULL_FLAGS = os.O_RDWR | os.O_CLOEXEC
 _closing_at_exit = False
+_exit_hook: Callable[[], None] | None = None  # set by forksafe._exit: see set_exit_hook()
 # Set by the ``before`` hook, in the parent, for the children of the coming forks: what
 # reads the socket descriptor of each registered connection (_registry.socket_readers();
 # None, dropped with the change that made it stale: a reader references its connection),
@@ -159,7 +161,7 @@ def register_hooks() -> None:
         _patch_atomic()
         _watch_level()
         _registry.set_change_hook(_mark_changed)
-        signals._change_hook = _mark_changed
+        signals.set_change_hook(_mark_changed)
         _mark_changed()
     _hooks_registered = True
     _close_at_exit()  # here, in the parent: every fork inherits the callback (not the child)
@@ -322,7 +324,7 @@ def detach_on_first_use(wrapper: BaseDatabaseWrapper) -> None:
     it is finished. Otherwise no fork hook reset this process: reset it now
     (every inherited connection, no I/O), with one WARNING naming the path that
     bypassed the hooks. Whatever the wrapper still holds afterwards is this
-    process's own.
+    process's own (the guard stamps it so).
     """
     raw = wrapper.connection
     pid = os.getpid()
@@ -334,8 +336,6 @@ def detach_on_first_use(wrapper: BaseDatabaseWrapper) -> None:
             _reset_once(clean_transactions=False, bypass=bypass)
         except Exception:
             logger.warning("forksafe: detaching the inherited connections failed", exc_info=True)
-    if wrapper.connection is not None:
-        wrapper.__dict__[_guard.PID_ATTRIBUTE] = _guard.current_pid()
 
 
 def reset_after_late_install() -> None:
@@ -764,17 +764,28 @@ def _atomic_left(me: int) -> None:
             _atomic_open = True
 
 
+def set_exit_hook(hook: Callable[[], None]) -> None:
+    """Register what makes every fork of this process close its connections at exit.
+
+    ``forksafe._exit`` (which builds on this module) sets it when imported;
+    :func:`register_hooks` calls it in the parent, and a child reset in a
+    process whose parent did not.
+    """
+    global _exit_hook
+    _exit_hook = hook
+
+
 def _close_at_exit() -> None:
     """Every fork of this process closes what it opened when it exits normally.
 
-    See ``forksafe._exit``; registered once, in the parent (by ``install()``),
-    so that the child's fork hook has nothing to register.
+    Registered once, in the parent (by ``install()``), so that the child's fork
+    hook has nothing to register.
     """
     global _closing_at_exit
-    from forksafe import _exit  # it builds on this module
-
-    _exit.close_at_exit()
-    _closing_at_exit = True
+    hook = _exit_hook
+    if hook is not None:
+        hook()
+        _closing_at_exit = True
 
 
 # At import, so that forksafe's child reset runs before the at-fork hooks of every

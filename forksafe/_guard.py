@@ -63,13 +63,13 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from forksafe import _fork, _registry
+from forksafe._registry import PID_ATTRIBUTE
+
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
-__all__ = ["PID_ATTRIBUTE", "current_pid", "install", "installed"]
-
-PID_ATTRIBUTE = "_forksafe_pid"
-"""The wrapper attribute holding the pid of the process that opened its connection."""
+__all__ = ["current_pid", "install"]
 
 # Linux's value; Python's mmap module exposes it only when built with recent headers.
 _MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18)
@@ -114,8 +114,6 @@ def _first_use_here() -> None:
     elif pid == _pid:
         return
     _pid = pid
-    from forksafe import _fork
-
     _fork.finish_reset()
 
 
@@ -126,9 +124,10 @@ def _opened_elsewhere(wrapper: BaseDatabaseWrapper) -> bool:
 
 
 def _on_foreign_use(wrapper: BaseDatabaseWrapper) -> None:
-    from forksafe import _fork
-
     _fork.detach_on_first_use(wrapper)
+    if wrapper.connection is not None:
+        # Whatever it holds now is this process's own.
+        wrapper.__dict__[PID_ATTRIBUTE] = current_pid()
 
 
 def _guarded_use(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -155,8 +154,6 @@ def _guarded_close(original: Callable[..., Any]) -> Callable[..., Any]:
             if self.connection is None:
                 # The registry must not keep a closed connection alive until the
                 # wrapper is collected (PyMySQL: an SSL context per connection).
-                from forksafe import _registry
-
                 _registry.closed(self)
 
     return close
@@ -190,12 +187,3 @@ def install() -> None:
         wrapped.__doc__ = current.__doc__
         wrapped.__forksafe_original__ = current  # type: ignore[attr-defined]
         setattr(BaseDatabaseWrapper, name, wrapped)
-
-
-def installed() -> bool:
-    """Whether :func:`install` wrapped Django's methods in this process."""
-    base = sys.modules.get("django.db.backends.base.base")
-    wrapper_class = getattr(base, "BaseDatabaseWrapper", None)
-    return wrapper_class is not None and hasattr(
-        wrapper_class.__dict__.get("ensure_connection"), "__forksafe_original__"
-    )

@@ -1,14 +1,14 @@
 """``forksafe.install()``: switch everything on, in one call at start-up.
 
 The one module that knows every integration: it imports the fork hooks
-(``_fork``), the thread guard (``threads``), the uWSGI hook (``uwsgi``) and the
-ASGI wiring (``asgi``); none of them imports it.
+(``_fork``), the thread guard (``_thread_guard``), the uWSGI hook (``uwsgi``) and
+the ASGI wiring (``asgi``); none of them imports it.
 """
 
 from __future__ import annotations
 
-from forksafe import _fork, _guard, _registry, asgi, uwsgi
-from forksafe import threads as _threads  # the parameter ``threads`` shadows the name
+# _exit: imported for the close-at-exit it gives the fork hooks (_fork.set_exit_hook).
+from forksafe import _exit, _fork, _guard, _registry, _thread_guard, asgi, uwsgi  # noqa: F401
 
 __all__ = ["cover_asgi", "install"]
 
@@ -74,7 +74,7 @@ def install(
     if threads is not None:
         global _threads_chosen
         _threads_chosen = True
-        _threads.close_at_thread_exit(threads)
+        _thread_guard.close_at_thread_exit(threads)
     _fork.register_hooks()
     uwsgi.install_if_under_uwsgi()
     if asgi.server_running():

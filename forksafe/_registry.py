@@ -45,12 +45,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forksafe import _drivers
-from forksafe._guard import PID_ATTRIBUTE
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
 __all__ = [
+    "PID_ATTRIBUTE",
     "UNKNOWN_PID",
     "Entry",
     "closed",
@@ -69,6 +69,13 @@ __all__ = [
     "stats",
     "take_inherited",
 ]
+
+
+PID_ATTRIBUTE = "_forksafe_pid"
+"""The wrapper attribute holding the pid of the process that opened its connection.
+
+Stamped by :func:`register`; read by the check before each use (``forksafe._guard``).
+"""
 
 
 @dataclass(eq=False)

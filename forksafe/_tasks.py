@@ -1,9 +1,14 @@
-"""Connection rules between two tasks of a task-queue worker (Celery, RQ's SimpleWorker).
+"""Connection rules between two units of work: executor tasks, task-queue tasks, RQ jobs.
 
-A worker that runs task after task in one process or thread applies the rule
-of ``forksafe.ThreadPoolExecutor`` (:func:`forksafe.threads.apply_rules`:
-Django's request-boundary rules, so ``CONN_MAX_AGE=None`` or a number of
-seconds reuses the connection) plus two that Django cannot apply by itself
+Django applies its request-boundary rules (:func:`django.db.close_old_connections`:
+``CONN_MAX_AGE``, ``CONN_HEALTH_CHECKS``, unusable connections) at the start and
+end of each request. :func:`run_task` applies them around each task of a
+``forksafe.ThreadPoolExecutor`` worker (so ``CONN_MAX_AGE=None`` or a number of
+seconds reuses the connection, ``0`` closes after every task).
+
+A task-queue worker that runs task after task in one process or thread
+(Celery, RQ's SimpleWorker) calls :func:`between_tasks`: the same rules, plus
+two that Django cannot apply by itself
 (Django ticket 30646, wontfix; the reason Celery reverted per-task reuse in
 https://github.com/celery/celery/pull/9824):
 
@@ -26,17 +31,30 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from forksafe import _closing, _registry
+from forksafe._thread_guard import Guard, current_guard, current_guard_fast
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["between_tasks", "in_transaction", "is_database_error", "watch_interruptions"]
+__all__ = [
+    "RULES_IDLE_SECONDS",
+    "apply_rules",
+    "between_tasks",
+    "in_transaction",
+    "is_database_error",
+    "run_task",
+    "watch_interruptions",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _FLAG = "_forksafe_interrupted"
 
@@ -73,21 +91,17 @@ def watch_interruptions() -> None:
     """
     from django.db.backends.signals import connection_created
 
-    from forksafe import threads
-
     connection_created.connect(
         _on_connection_created, weak=False, dispatch_uid="forksafe.tasks.watch"
     )
-    for wrapper in threads._handler_wrappers():
+    for wrapper in _closing.handler_wrappers():
         if wrapper.connection is not None:
             _watch(wrapper)
 
 
 def in_transaction() -> bool:
     """Whether a connection of the calling thread is inside ``transaction.atomic()``."""
-    from forksafe import threads
-
-    return any(wrapper.in_atomic_block for wrapper in threads._handler_wrappers())
+    return any(wrapper.in_atomic_block for wrapper in _closing.handler_wrappers())
 
 
 def is_database_error(error: BaseException | None) -> bool:
@@ -109,10 +123,8 @@ def between_tasks(error: BaseException | None = None) -> None:
     Call it before each task and after it, with the exception the task
     raised (``None`` if it succeeded). Never raises; failures are logged.
     """
-    from forksafe import threads
-
     close_all = is_database_error(error)
-    guard = threads._current_guard(create=True)
+    guard = current_guard(create=True)
     assert guard is not None
     me = threading.get_ident()
     for wrapper in guard.wrappers():
@@ -132,7 +144,111 @@ def between_tasks(error: BaseException | None = None) -> None:
                 "an interrupted query" if interrupted else "a database error",
                 exc_info=True,
             )
-    threads.apply_rules()
+    apply_rules()
+
+
+#: A worker idle for longer than this re-applies the rules before its next task.
+RULES_IDLE_SECONDS = 1.0
+
+
+# Backend class -> whether it uses Django's own close_if_unusable_or_obsolete().
+_stock_rules: dict[type, bool] = {}
+
+
+def _stock_rule(cls: type) -> bool:
+    """Whether backend ``cls`` keeps Django's rule (a third-party backend may override it)."""
+    stock = _stock_rules.get(cls)
+    if stock is None:
+        from django.db.backends.base.base import BaseDatabaseWrapper
+
+        base_rule = BaseDatabaseWrapper.close_if_unusable_or_obsolete
+        stock = _stock_rules[cls] = getattr(cls, "close_if_unusable_or_obsolete", None) is base_rule
+    return stock
+
+
+def _apply_rules(guard: Guard, now: float) -> None:
+    """Django's request-boundary rules for the connections of the calling worker thread.
+
+    For each connection this worker opened (the registry records every one
+    with its owning thread; its guard lists them): one still inside
+    ``atomic`` (a task entered a block and never left it) is closed as
+    :func:`forksafe._closing.close_owned` does with ``in_atomic="close"``; every other one gets
+    Django's own ``close_if_unusable_or_obsolete()``, the per-connection rule
+    of :func:`django.db.close_old_connections` (``CONN_MAX_AGE``,
+    ``CONN_HEALTH_CHECKS``, autocommit left off, errors that made the
+    connection unusable) -- called only when it could close something: when
+    autocommit was not restored, errors occurred since the last commit, or
+    ``CONN_MAX_AGE`` is reached (the conditions of that method, Django
+    4.2-6.x). Otherwise all it does is clear ``health_check_done``, done
+    here directly: calling it costs about 3 µs per task, the check 0.3 µs
+    (issue 11, P1). A backend that overrides the method always gets it called.
+    Failures are logged, never raised into the task's future.
+    """
+    me = guard.thread_id
+    for ref in guard.wrapper_refs():
+        # Any: django-stubs do not declare _thread_ident nor health_check_done.
+        wrapper: Any = ref()
+        if wrapper is None or wrapper.connection is None or wrapper._thread_ident != me:
+            continue
+        try:
+            if wrapper.in_atomic_block:
+                logger.warning(
+                    "forksafe: a task left connection %r inside transaction.atomic();"
+                    " it is closed (the server rolls back) before the next task",
+                    wrapper.alias,
+                )
+                _closing.close_owned(wrapper, in_atomic="close", shared="close")
+            elif (
+                not _stock_rule(type(wrapper))
+                or wrapper.errors_occurred
+                or wrapper.autocommit != wrapper.settings_dict["AUTOCOMMIT"]
+                or (wrapper.close_at is not None and now >= wrapper.close_at)
+            ):
+                wrapper.close_if_unusable_or_obsolete()
+            else:
+                # What the rule does to a healthy connection: the next query after
+                # this boundary runs CONN_HEALTH_CHECKS again.
+                wrapper.health_check_done = False
+        except Exception:
+            logger.warning(
+                "forksafe: cleaning up connection %r between tasks failed",
+                wrapper.alias,
+                exc_info=True,
+            )
+    guard.rules_at = now
+
+
+def apply_rules() -> None:
+    """Apply Django's request-boundary rules to the calling thread's connections now.
+
+    What an executor worker does between two tasks (:func:`_apply_rules`).
+    """
+    guard = current_guard(create=True)
+    assert guard is not None
+    _apply_rules(guard, time.monotonic())
+
+
+def run_task(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run one task in a worker thread; Django's rules after it, and before it after idling.
+
+    Back-to-back tasks are separated by one application of the rules (after
+    each task), not two: the next task starts on connections checked a moment
+    ago. A worker idle for :data:`RULES_IDLE_SECONDS` or more applies them
+    again before its next task, as Django does at a request's start
+    (``CONN_MAX_AGE`` may have passed meanwhile).
+    """
+    guard = current_guard_fast()
+    if guard is None:
+        guard = current_guard(create=True)
+        assert guard is not None
+    now = time.monotonic()
+    if now - guard.rules_at >= RULES_IDLE_SECONDS:
+        _apply_rules(guard, now)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        # The clock after the task: CONN_MAX_AGE=0 means close_at is the connect time.
+        _apply_rules(guard, time.monotonic())
 
 
 def start_tracking() -> None:

@@ -59,6 +59,12 @@ class _Signal(Signal):
             _changed()
 
 
+def set_change_hook(hook: Callable[[], None] | None) -> None:
+    """Call ``hook()`` after each ``connect()`` or ``disconnect()`` of these signals."""
+    global _change_hook
+    _change_hook = hook
+
+
 def _changed() -> None:
     hook = _change_hook
     if hook is not None:

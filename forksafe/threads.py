@@ -1,11 +1,9 @@
 """Threads that close their own Django connections when they end.
 
-Django keeps one connection per thread and alias, in a ``threading.local``.
-When a thread ends, nothing closes its connections: the wrappers sit in
-reference cycles, so the server session stays open until the cyclic garbage
-collector happens to run -- with many short threads that is "too many
-clients". And Django forbids closing a connection from any thread but its own
-(``validate_thread_sharing``), so the fix has to run *in* the ending thread.
+Django keeps one connection per thread and alias and nothing closes it when
+the thread ends (``forksafe._thread_guard`` says why, and how an ending thread
+is seen); closing must run in the owning thread. Here, for code that starts
+threads itself:
 
 * :class:`Thread` -- a drop-in :class:`threading.Thread` whose thread closes
   its connections when ``run`` returns or raises.
@@ -16,247 +14,37 @@ clients". And Django forbids closing a connection from any thread but its own
   exits.
 * :func:`closing_connections` -- a decorator and context manager that closes
   the calling thread's connections on exit, for threads made by other code.
-* ``forksafe.install(threads=True)`` (see :func:`close_at_thread_exit`) --
-  the connections of *every* thread are closed when that thread ends.
+* ``forksafe.install(threads=True)`` -- the connections of *every* thread
+  are closed when that thread ends (``forksafe._thread_guard``, which also
+  explains how a thread's end is seen).
 
 No connection is ever closed from a thread that does not own it, and nothing
 here touches Django at import time: before Django is configured there is
 simply nothing to close.
-
-How a thread's end is seen without wrapping its code: a small *guard* object
-is stored in a :class:`threading.local` of that thread. When a thread ends,
-CPython clears its thread state (``PyThreadState_Clear``) in that same thread,
-with the GIL held, before ``Thread.join()`` returns (3.11: before the
-``_tstate_lock`` is released; 3.13: before ``thread_is_exiting`` is
-signalled). Clearing the state frees the thread's ``threading.local`` data, so
-the guard's ``__del__`` runs in the ending thread itself, which may therefore
-close the thread's wrappers: it looks them up in forksafe's registry of
-connected wrappers (``_registry.entries_of_thread``), which records each
-wrapper's owning thread. The guard only closes anything if it runs in
-the thread and the process that created it: in a forked child (CPython drops
-the other threads' states from the surviving thread) and at interpreter
-shutdown (daemon threads' states are cleared by the main thread) it does
-nothing, and forksafe's fork reset takes care of the child.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
-import os
-import sys
 import threading
-import time
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent import futures
 from contextlib import ContextDecorator
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from forksafe import _closing, _registry
+from forksafe import _tasks, _thread_guard
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from django.db.backends.base.base import BaseDatabaseWrapper
-    from django.db.utils import ConnectionHandler
-
 __all__ = [
-    "DbSafeThread",
-    "DbSafeThreadPoolExecutor",
     "Thread",
     "ThreadPoolExecutor",
-    "close_at_thread_exit",
     "closing_connections",
 ]
 
-logger = logging.getLogger("forksafe")
-
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-# --- the calling thread's connections ------------------------------------------------------
-
-
-def _connection_handler() -> ConnectionHandler | None:
-    """Django's ``connections`` if any wrapper can exist yet, else ``None``.
-
-    Never imports Django and never reads settings: until something asked the
-    handler for its settings (which creating any wrapper does), no thread can
-    hold a connection.
-    """
-    db = sys.modules.get("django.db")
-    handler: ConnectionHandler | None = getattr(db, "connections", None)
-    if handler is None or "settings" not in vars(handler):
-        return None
-    return handler
-
-
-def _handler_wrappers() -> list[BaseDatabaseWrapper]:
-    """The wrappers that Django's ``connections`` created in the calling thread."""
-    handler = _connection_handler()
-    return [] if handler is None else list(handler.all(initialized_only=True))
-
-
-def _close_all(
-    wrappers: Iterable[BaseDatabaseWrapper], *, in_atomic: Literal["close", "warn"]
-) -> list[BaseException]:
-    """Close each of ``wrappers`` owned by the calling thread; return the errors.
-
-    The rule is :func:`forksafe._closing.close_owned`'s, with ``shared="skip"``:
-    a connection this thread shares (``inc_thread_sharing()``) was handed to
-    other threads on purpose -- Django's own ``test_default_connection_thread_local``
-    shares one so that the main thread can use and close it after this one
-    ended. It stays open for them: whoever it was shared with closes it, or
-    the cyclic GC does once the wrapper is unreachable. ``in_atomic="close"``
-    when the code that opened the block is gone, ``"warn"`` while it still runs.
-    """
-    errors: list[BaseException] = []
-    seen: set[int] = set()
-    for wrapper in wrappers:
-        if id(wrapper) in seen:
-            continue
-        seen.add(id(wrapper))
-        try:
-            _closing.close_owned(wrapper, in_atomic=in_atomic, shared="skip")
-        except Exception as exc:
-            errors.append(exc)
-    return errors
-
-
-def _close_thread_connections(*, in_atomic: Literal["close", "warn"]) -> None:
-    """Close every connection of the calling thread; log (never raise) failures."""
-    guard = _current_guard(create=False)
-    wrappers = _handler_wrappers() + (guard.wrappers() if guard is not None else [])
-    for exc in _close_all(wrappers, in_atomic=in_atomic):
-        logger.warning(
-            "forksafe: closing a connection at the end of a thread failed",
-            exc_info=(type(exc), exc, exc.__traceback__),
-        )
-
-
-# --- the thread-exit guard -------------------------------------------------------------------
-
-
-class _Guard:
-    """Lives in one thread's ``threading.local``; its ``__del__`` runs when that thread ends.
-
-    Its wrappers are the registry's entries of its (pid, thread): those
-    Django's ``connections`` held when it was created and every wrapper of the
-    thread connected since; ``__del__`` closes those still connected. Entries
-    of an earlier thread that had the same ident (idents are reused) are
-    recorded as ``stale`` at creation and left alone. ``__del__`` runs during
-    ``PyThreadState_Clear``: it must not call ``threading.current_thread()``
-    (nor log, which does), because the ``Thread`` is already unregistered and
-    that would create a stray ``_DummyThread``. A failure is raised from
-    ``__del__``, which Python reports as "Exception ignored in".
-    """
-
-    __slots__ = ("_cached", "_cached_at", "generation", "pid", "rules_at", "stale", "thread_id")
-
-    def __init__(self, connecting: BaseDatabaseWrapper | None = None) -> None:
-        self.pid = os.getpid()
-        self.generation = _generation
-        self.thread_id = threading.get_ident()
-        # When an executor worker last applied Django's rules (time.monotonic()).
-        self.rules_at = float("-inf")
-        # This thread's wrappers (weakly), valid while _registry.changes() is _cached_at.
-        self._cached: list[weakref.ref[BaseDatabaseWrapper]] = []
-        self._cached_at = -1
-        current = {id(w) for w in _handler_wrappers()}
-        if connecting is not None:
-            current.add(id(connecting))
-        self.stale = frozenset(
-            entry.seq
-            for entry in _registry.entries_of_thread(self.pid, self.thread_id)
-            if id(entry.wrapper) not in current
-        )
-
-    def wrappers(self) -> list[BaseDatabaseWrapper]:
-        return [wrapper for ref in self.wrapper_refs() if (wrapper := ref()) is not None]
-
-    def wrapper_refs(self) -> list[weakref.ref[BaseDatabaseWrapper]]:
-        """Weak references to :meth:`wrappers`, kept until the registry changes."""
-        changes = _registry.changes()
-        if changes != self._cached_at:
-            stale = self.stale
-            self._cached = [
-                entry.wrapper_ref
-                for entry in _registry.entries_of_thread(self.pid, self.thread_id)
-                if entry.seq not in stale
-            ]
-            self._cached_at = changes
-        return self._cached
-
-    def __del__(self) -> None:
-        try:
-            owner = self.pid == os.getpid() and self.thread_id == threading.get_ident()
-            if not owner or sys.is_finalizing():
-                return  # a fork child, or interpreter shutdown: not ours to close
-        except Exception:  # module globals already torn down
-            return
-        errors = _close_all(self.wrappers(), in_atomic="close")
-        if errors:
-            raise errors[0]
-
-
-_local = threading.local()
-_all_threads = False  # install(threads=True)
-# Bumped in the child of every os.fork(): a guard of an older generation came from the
-# parent. Cheaper than os.getpid() (a system call) on the per-task path; C-level forks
-# (uWSGI) do not bump it, but no executor worker thread survives those.
-_generation = 0
-
-
-def _forked() -> None:
-    global _generation
-    _generation += 1
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-def _current_guard(*, create: bool, connecting: BaseDatabaseWrapper | None = None) -> _Guard | None:
-    guard: _Guard | None = getattr(_local, "guard", None)
-    if guard is not None and guard.pid != os.getpid():
-        guard = None  # inherited by a forked child: the parent's business
-    if guard is None and create:
-        guard = _Guard(connecting)
-        _local.guard = guard
-    return guard
-
-
-def _on_connect(wrapper: BaseDatabaseWrapper) -> None:
-    """The registry's connect hook under ``install(threads=True)``, in the connecting thread."""
-    _current_guard(create=True, connecting=wrapper)
-
-
-def _guard_this_thread() -> None:
-    """Close the calling thread's connections when it ends (it is not the main thread)."""
-    _registry.start_tracking()
-    _current_guard(create=True)
-
-
-def close_at_thread_exit(enabled: bool) -> None:
-    """Switch the thread guard for every thread on or off: ``install(threads=...)``.
-
-    Enabled: from now on, the first connection that any thread opens gives
-    that thread a guard, and the guard closes the thread's connections when
-    the thread ends -- threads of any library, ``_thread.start_new_thread``,
-    asgiref's executors. Connections opened before (in threads other than
-    the caller) are not covered. Disabled: no new guards; existing ones
-    still close their threads' connections.
-    """
-    global _all_threads
-    if enabled:
-        _registry.start_tracking()
-        _registry.set_connect_hook(_on_connect)
-        if threading.current_thread() is not threading.main_thread():
-            _current_guard(create=True)
-    else:
-        _registry.set_connect_hook(None)
-    _all_threads = enabled
 
 
 # --- Thread ----------------------------------------------------------------------------------
@@ -297,7 +85,7 @@ class Thread(threading.Thread):
             finally:
                 vars(self).pop("run", None)
                 if threading.get_ident() == self.ident:
-                    _close_thread_connections(in_atomic="close")
+                    _thread_guard.close_thread_connections(in_atomic="close")
 
         vars(self)["run"] = run_then_close
         try:
@@ -312,115 +100,9 @@ class Thread(threading.Thread):
 
 def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
     """The workers' initializer: guard the worker thread, then run the user's one."""
-    _guard_this_thread()
+    _thread_guard.guard_this_thread()
     if initializer is not None:
         initializer(*initargs)
-
-
-#: A worker idle for longer than this re-applies the rules before its next task.
-RULES_IDLE_SECONDS = 1.0
-
-
-# Backend class -> whether it uses Django's own close_if_unusable_or_obsolete().
-_stock_rules: dict[type, bool] = {}
-
-
-def _stock_rule(cls: type) -> bool:
-    """Whether backend ``cls`` keeps Django's rule (a third-party backend may override it)."""
-    stock = _stock_rules.get(cls)
-    if stock is None:
-        from django.db.backends.base.base import BaseDatabaseWrapper
-
-        base_rule = BaseDatabaseWrapper.close_if_unusable_or_obsolete
-        stock = _stock_rules[cls] = getattr(cls, "close_if_unusable_or_obsolete", None) is base_rule
-    return stock
-
-
-def _apply_rules(guard: _Guard, now: float) -> None:
-    """Django's request-boundary rules for the connections of the calling worker thread.
-
-    For each connection this worker opened (the registry records every one
-    with its owning thread, see :func:`_start_worker`): one still inside
-    ``atomic`` (a task entered a block and never left it) is closed as
-    :func:`forksafe._closing.close_owned` does with ``in_atomic="close"``; every other one gets
-    Django's own ``close_if_unusable_or_obsolete()``, the per-connection rule
-    of :func:`django.db.close_old_connections` (``CONN_MAX_AGE``,
-    ``CONN_HEALTH_CHECKS``, autocommit left off, errors that made the
-    connection unusable) -- called only when it could close something: when
-    autocommit was not restored, errors occurred since the last commit, or
-    ``CONN_MAX_AGE`` is reached (the conditions of that method, Django
-    4.2-6.x). Otherwise all it does is clear ``health_check_done``, done
-    here directly: calling it costs about 3 µs per task, the check 0.3 µs
-    (issue 11, P1). A backend that overrides the method always gets it called.
-    Failures are logged, never raised into the task's future.
-    """
-    me = guard.thread_id
-    for ref in guard.wrapper_refs():
-        # Any: django-stubs do not declare _thread_ident nor health_check_done.
-        wrapper: Any = ref()
-        if wrapper is None or wrapper.connection is None or wrapper._thread_ident != me:
-            continue
-        try:
-            if wrapper.in_atomic_block:
-                logger.warning(
-                    "forksafe: a task left connection %r inside transaction.atomic();"
-                    " it is closed (the server rolls back) before the next task",
-                    wrapper.alias,
-                )
-                _closing.close_owned(wrapper, in_atomic="close", shared="close")
-            elif (
-                not _stock_rule(type(wrapper))
-                or wrapper.errors_occurred
-                or wrapper.autocommit != wrapper.settings_dict["AUTOCOMMIT"]
-                or (wrapper.close_at is not None and now >= wrapper.close_at)
-            ):
-                wrapper.close_if_unusable_or_obsolete()
-            else:
-                # What the rule does to a healthy connection: the next query after
-                # this boundary runs CONN_HEALTH_CHECKS again.
-                wrapper.health_check_done = False
-        except Exception:
-            logger.warning(
-                "forksafe: cleaning up connection %r between tasks failed",
-                wrapper.alias,
-                exc_info=True,
-            )
-    guard.rules_at = now
-
-
-def apply_rules() -> None:
-    """Apply Django's request-boundary rules to the calling thread's connections now.
-
-    What a worker does between two tasks (:func:`_apply_rules`), for task
-    queues whose workers are not this module's threads (``forksafe.celery``,
-    ``forksafe.rq``).
-    """
-    guard = _current_guard(create=True)
-    assert guard is not None
-    _apply_rules(guard, time.monotonic())
-
-
-def _run_task(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-    """Run one task in a worker thread; Django's rules after it, and before it after idling.
-
-    Back-to-back tasks are separated by one application of the rules (after
-    each task), not two: the next task starts on connections checked a moment
-    ago. A worker idle for :data:`RULES_IDLE_SECONDS` or more applies them
-    again before its next task, as Django does at a request's start
-    (``CONN_MAX_AGE`` may have passed meanwhile).
-    """
-    guard: _Guard | None = getattr(_local, "guard", None)
-    if guard is None or guard.generation != _generation:
-        guard = _current_guard(create=True)
-        assert guard is not None
-    now = time.monotonic()
-    if now - guard.rules_at >= RULES_IDLE_SECONDS:
-        _apply_rules(guard, now)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        # The clock after the task: CONN_MAX_AGE=0 means close_at is the connect time.
-        _apply_rules(guard, time.monotonic())
 
 
 class ThreadPoolExecutor(futures.ThreadPoolExecutor):
@@ -463,7 +145,7 @@ class ThreadPoolExecutor(futures.ThreadPoolExecutor):
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[R]:
         """Schedule ``fn(*args, **kwargs)``; return its Future (see the standard class)."""
-        return super().submit(_run_task, fn, *args, **kwargs)
+        return super().submit(_tasks.run_task, fn, *args, **kwargs)
 
 
 # --- closing_connections ---------------------------------------------------------------------
@@ -481,7 +163,7 @@ class _ClosingConnections(ContextDecorator):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _close_thread_connections(in_atomic="warn")
+        _thread_guard.close_thread_connections(in_atomic="warn")
 
 
 @overload
@@ -519,10 +201,3 @@ def closing_connections(
             " code uses connections in sync_to_async's threads; decorate the sync function"
         )
     return _ClosingConnections()(func)
-
-
-DbSafeThread = Thread
-"""Alias for people switching from the widely copied ``DbSafeThread`` helper."""
-
-DbSafeThreadPoolExecutor = ThreadPoolExecutor
-"""Alias for people switching from the widely copied ``DbSafeThreadPoolExecutor`` helper."""

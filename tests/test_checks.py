@@ -149,8 +149,8 @@ def _ready_in_fresh_process(forksafe_setting: dict[str, Any], before: str = "") 
         settings.configure(INSTALLED_APPS=["forksafe"], FORKSAFE={forksafe_setting!r})
         {before}
         django.setup()
-        from forksafe import _fork, threads
-        print(_fork._hooks_registered, _fork._options.close_before_fork, threads._all_threads)
+        from forksafe import _fork, _thread_guard
+        print(_fork._hooks_registered, _fork._options.close_before_fork, _thread_guard.enabled())
         """
     )
     return subprocess.run(
