@@ -38,12 +38,15 @@ A burst worker run from code (``worker.work(burst=True)`` in a test) runs
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 try:
     import rq.worker
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError("forksafe.rq needs RQ: pip install 'forksafe[rq]'", name=exc.name) from exc
+
+from redis.client import PubSubWorkerThread
 
 from forksafe import _exit, _tasks
 from forksafe import install as _install_hooks
@@ -59,6 +62,9 @@ else:
     _Base = object
 
 __all__ = ["SimpleWorker", "SpawnWorker", "Worker", "WorkerMixin"]
+
+# redis-py 8.x: stop(timeout=None) clears the run flag and joins; earlier: it only clears it.
+_STOP_TAKES_TIMEOUT = "timeout" in inspect.signature(PubSubWorkerThread.stop).parameters
 
 
 class WorkerMixin(_Base):
@@ -107,6 +113,29 @@ class WorkerMixin(_Base):
         if len(exc_info) > 1 and isinstance(exc_info[1], BaseException):
             self._forksafe_error = exc_info[1]
         super().handle_exception(job, *exc_info)
+
+    def unsubscribe(self) -> None:
+        """Unsubscribe from the worker's pub/sub channel (see RQ), without hanging."""
+        # RQ 3.0.0's unsubscribe(), the same steps in another order. RQ sends UNSUBSCRIBE and
+        # then stops the thread: if the thread reads the reply first, it loops back into
+        # get_message(timeout=60), which waits for a subscription, and redis-py 8.2.0's stop()
+        # joins it without a timeout -- a warm shutdown hung up to 60 s (13 of 50). Clearing the
+        # run flag first lets the reply end the loop.
+        thread = getattr(self, "pubsub_thread", None)
+        pubsub = getattr(self, "pubsub", None)
+        if not isinstance(thread, PubSubWorkerThread) or pubsub is None:
+            super().unsubscribe()  # type: ignore[no-untyped-call]  # not subscribed, or renamed
+            return
+        self.log.info(
+            "Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name
+        )
+        if _STOP_TAKES_TIMEOUT:
+            thread.stop(timeout=0)
+        else:  # pragma: no cover - redis-py < 8
+            thread.stop()
+        pubsub.unsubscribe()
+        thread.join(timeout=1)
+        pubsub.close()
 
 
 class Worker(WorkerMixin, rq.worker.Worker):

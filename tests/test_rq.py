@@ -2,16 +2,20 @@
 
 RQ's work horse ends with ``os._exit()``: a plain worker abandons one server session per
 job. The server's own counter (PostgreSQL ``sessions_abandoned``, MariaDB ``Aborted_clients``)
-tells a clean close from an abandoned one.
+tells a clean close from an abandoned one. The warm-shutdown tests need Redis only.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from rq.worker import BaseWorker, RoundRobinWorker
 
+from forksafe.rq import WorkerMixin
 from tests._abandoned import settled_abandoned
 from tests._queues import (
     REDIS_URL,
@@ -99,6 +103,118 @@ def test_simple_worker_reuses_one_session_and_drops_it_after_a_timed_out_query(
     assert _finished([after], output) != [(pid, backend)]  # succeeded, on a new session
     assert tuple(after.return_value())[0] == pid
     assert settled_abandoned() == before, output[-4000:]
+
+
+# --- warm shutdown: the pub/sub thread -----------------------------------------------------
+
+
+@pytest.fixture
+def redis_connection() -> Iterator[Any]:
+    """A client of the tests' Redis (pub/sub only: no keys are written)."""
+    require_redis()
+    from redis import Redis
+
+    redis = Redis.from_url(REDIS_URL)
+    yield redis
+    redis.close()
+
+
+def _new_worker(worker_class: str, redis: Any) -> Any:
+    from django.utils.module_loading import import_string
+    from rq import Queue
+
+    return import_string(worker_class)(
+        [Queue(unique_name("rq"), connection=redis)], connection=redis
+    )
+
+
+def _reply_read_first(monkeypatch: pytest.MonkeyPatch, pubsub: Any) -> None:
+    """Force the race: UNSUBSCRIBE returns once the pub/sub thread has read its reply."""
+    original = pubsub.unsubscribe
+
+    def unsubscribe(*args: Any) -> Any:
+        result = original(*args)
+        deadline = time.monotonic() + 2
+        while pubsub.subscribed and time.monotonic() < deadline:  # cleared by the reply
+            time.sleep(0.005)
+        return result
+
+    monkeypatch.setattr(pubsub, "unsubscribe", unsubscribe)
+
+
+def _seconds_to_unsubscribe(unsubscribe: Any, deadline: float) -> float:
+    """How long ``unsubscribe()`` takes; fails the test if it still blocks after ``deadline``."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            unsubscribe()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    caller = threading.Thread(target=run, daemon=True)  # a hung one must not hold pytest
+    start = time.monotonic()
+    caller.start()
+    caller.join(deadline)
+    elapsed = time.monotonic() - start
+    assert not caller.is_alive(), f"unsubscribe() still blocked after {deadline} s"
+    assert not errors, errors
+    return elapsed
+
+
+class _RoundRobin(WorkerMixin, RoundRobinWorker):
+    """A user's class with the mixin."""
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize(
+    "worker_class",
+    [
+        "forksafe.rq.Worker",
+        "forksafe.rq.SimpleWorker",
+        "forksafe.rq.SpawnWorker",
+        "tests.test_rq._RoundRobin",
+    ],
+)
+def test_unsubscribe_returns_at_once_when_the_pubsub_thread_reads_the_reply_first(
+    redis_connection: Any, monkeypatch: pytest.MonkeyPatch, worker_class: str
+) -> None:
+    """RQ 3.0.0's order hangs here for the thread's sleep_time (60 s); forksafe's does not."""
+    worker = _new_worker(worker_class, redis_connection)
+    worker.subscribe()  # RQ's own: a pub/sub thread with sleep_time=60
+    thread = worker.pubsub_thread
+    assert thread.is_alive()
+    _reply_read_first(monkeypatch, worker.pubsub)
+    assert _seconds_to_unsubscribe(worker.unsubscribe, deadline=5) < 1.5
+    assert not thread.is_alive()
+
+
+@pytest.mark.nodb
+def test_control_rqs_own_unsubscribe_waits_out_the_pubsub_threads_sleep_time(
+    redis_connection: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain ``rq.Worker``, subscribed as RQ does it but with sleep_time 3 s instead of 60."""
+    worker = _new_worker("rq.worker.Worker", redis_connection)
+    worker.pubsub = redis_connection.pubsub()
+    worker.pubsub.subscribe(**{worker.pubsub_channel_name: worker.handle_payload})
+    worker.pubsub_thread = worker.pubsub.run_in_thread(
+        sleep_time=3, daemon=True, exception_handler=worker._pubsub_exception_handler
+    )
+    _reply_read_first(monkeypatch, worker.pubsub)
+    assert _seconds_to_unsubscribe(worker.unsubscribe, deadline=10) > 2
+
+
+@pytest.mark.nodb
+def test_unsubscribe_leaves_it_to_rq_when_the_worker_has_no_pubsub_thread_attribute(
+    redis_connection: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An RQ that renamed ``pubsub_thread``/``pubsub`` keeps its own unsubscribe()."""
+    calls: list[Any] = []
+    monkeypatch.setattr(BaseWorker, "unsubscribe", lambda self: calls.append(self))
+    worker = _new_worker("forksafe.rq.SimpleWorker", redis_connection)
+    del worker.pubsub_thread
+    worker.unsubscribe()
+    assert calls == [worker]
 
 
 # --- bad input -----------------------------------------------------------------------------
