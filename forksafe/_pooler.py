@@ -2,11 +2,14 @@
 
 Two jobs, used by ``forksafe doctor`` and the system checks:
 
-* :func:`read_console` / :func:`inspect_alias`: ask PgBouncer's admin console
+* :func:`read_console` / :func:`detect`: ask PgBouncer's admin console
   (the virtual database ``pgbouncer``; ``SHOW CONFIG``, ``SHOW DATABASES``,
   ``SHOW POOLS``) for its limits, pool modes and connections now;
 * :func:`settings_problems`: the ``DATABASES`` settings that break under
   transaction (or statement) pooling, each with its fix.
+
+The system checks built on them (``forksafe.E004``, ``W006``-``W009``) are in
+``forksafe.checks``; what ``forksafe doctor`` says about a pooler, in ``forksafe.doctor``.
 
 How the pool mode of an alias is known: ``FORKSAFE["POOLER"]`` declares it
 (:func:`declared_modes`); ``forksafe doctor`` also asks the console.
@@ -25,9 +28,10 @@ __all__ = [
     "Pool",
     "Pooler",
     "Problem",
-    "check_settings",
-    "declared_modes",
     "connect_console",
+    "console_params",
+    "declared_modes",
+    "detect",
     "invalid_declaration",
     "read_console",
     "settings_problems",
@@ -218,7 +222,7 @@ def invalid_declaration(databases: dict[str, Any], declared: Any) -> str | None:
 class Problem:
     """A setting that breaks under a pool mode, and how to fix it."""
 
-    check_id: str  # the system check that reports it
+    kind: str  # "server-side-cursors", "prepared-statements" or "session-state"
     message: str
     fix: str
 
@@ -238,7 +242,7 @@ def settings_problems(alias: str, db: dict[str, Any], mode: str) -> list[Problem
     if not db.get("DISABLE_SERVER_SIDE_CURSORS"):
         problems.append(
             Problem(
-                "forksafe.W006",
+                "server-side-cursors",
                 f"{where} is behind {mode} pooling but server-side cursors are on:"
                 " QuerySet.iterator() declares a cursor WITH HOLD that the next transaction"
                 ' may not find (error: cursor "_django_curs_..." does not exist).',
@@ -250,7 +254,7 @@ def settings_problems(alias: str, db: dict[str, Any], mode: str) -> list[Problem
     if options.get("server_side_binding") is True and options.get("prepare_threshold") is not None:
         problems.append(
             Problem(
-                "forksafe.W007",
+                "prepared-statements",
                 f"{where} is behind {mode} pooling but psycopg 3 prepares statements"
                 f" (OPTIONS['server_side_binding'] with OPTIONS['prepare_threshold'] ="
                 f" {options['prepare_threshold']!r}): a prepared statement lives in one server"
@@ -267,7 +271,7 @@ def settings_problems(alias: str, db: dict[str, Any], mode: str) -> list[Problem
     if state:
         problems.append(
             Problem(
-                "forksafe.W008",
+                "session-state",
                 f"{where} is behind {mode} pooling but sets session state at connect:"
                 f" {'; '.join(state)}. It applies to one server session only; the next"
                 " transaction may run on another.",
@@ -276,52 +280,6 @@ def settings_problems(alias: str, db: dict[str, Any], mode: str) -> list[Problem
             )
         )
     return problems
-
-
-def pooler_messages() -> list[Any]:
-    """The system checks for what the settings alone show (``forksafe.E004``, ``W006``-``W009``)."""
-    from django.conf import settings
-
-    from forksafe import conf
-
-    return check_settings(settings.DATABASES, conf.raw_value("POOLER"))
-
-
-def check_settings(databases: dict[str, Any], declared: Any) -> list[Any]:
-    """The check messages for ``DATABASES`` and ``FORKSAFE["POOLER"]`` (``declared``)."""
-    from django.core import checks
-
-    why = invalid_declaration(databases, declared)
-    if why is not None:
-        return [
-            checks.Error(
-                f"settings.FORKSAFE['POOLER'] {why}.",
-                hint="Use FORKSAFE['POOLER'] = 'transaction' (every PostgreSQL alias) or a dict"
-                " such as {'default': 'transaction', 'direct': None}.",
-                id="forksafe.E004",
-            )
-        ]
-    modes = declared_modes(databases, declared)
-    explicit = declared if isinstance(declared, dict) else {}
-    messages: list[Any] = []
-    for alias, db in databases.items():
-        if not str(db.get("ENGINE", "")).endswith("postgresql"):
-            continue
-        mode = modes.get(alias)
-        if mode is None and alias not in explicit and str(db.get("PORT")) == str(PGBOUNCER_PORT):
-            messages.append(
-                checks.Warning(
-                    f"DATABASES[{alias!r}] connects to port {PGBOUNCER_PORT}, PgBouncer's"
-                    " default, but FORKSAFE['POOLER'] does not say how it pools: the"
-                    " settings transaction pooling needs are not checked.",
-                    hint=f"Set FORKSAFE['POOLER'] = {{{alias!r}: 'transaction'}} (or"
-                    " 'session'; None when no pooler listens there).",
-                    id="forksafe.W009",
-                )
-            )
-        for problem in settings_problems(alias, db, mode or ""):
-            messages.append(checks.Warning(problem.message, hint=problem.fix, id=problem.check_id))
-    return messages
 
 
 # --- forksafe doctor ------------------------------------------------------------------------
@@ -374,107 +332,3 @@ def detect(alias: str, *, declared: bool) -> Pooler | None:
         return read_console(database, params)
     except LookupError:
         return None
-
-
-def findings(
-    pooler: Pooler, aliases: list[str], declared: dict[str, str]
-) -> list[tuple[str, str, str]]:
-    """What ``forksafe doctor`` says about ``pooler`` for ``aliases``: (level, message, hint).
-
-    Connections now per database; settings that break under the pool mode the
-    console reports (unless ``FORKSAFE["POOLER"]`` declared that mode: the
-    system checks report those); ``CONN_MAX_AGE`` against the pooler's timeouts.
-    """
-    from django.db import connections
-
-    out: list[tuple[str, str, str]] = []
-    seen: set[str] = set()
-    for alias in aliases:
-        db = connections.settings[alias]
-        name = str(db.get("NAME"))
-        pool = pooler.pools.get(name) or pooler.pools.get("*")
-        if pool is None:
-            out.append(
-                (
-                    "error",
-                    f"{pooler.version} at {pooler.address} has no database {name!r}"
-                    f" (alias {alias!r})",
-                    f"add '{name} = host=... dbname={name}' to its [databases] section",
-                )
-            )
-            continue
-        if name not in seen:
-            seen.add(name)
-            limit = pool.max_db_connections or "unlimited"
-            out.append(
-                (
-                    "info",
-                    f"{pooler.version} pools {name!r} in {pool.pool_mode} mode to"
-                    f" {pool.server}/{pool.server_database}: {pool.clients} client connection(s)"
-                    f" now (max_client_conn {pooler.max_client_conn} for the pooler,"
-                    f" {pooler.clients} in all), {pool.servers} server connection(s) now"
-                    f" (pool_size {pool.pool_size}, reserve_pool {pool.reserve_pool},"
-                    f" max_db_connections {limit}), {pool.waiting} client(s) waiting",
-                    "",
-                )
-            )
-        mode = declared.get(alias)
-        if mode is not None and mode != pool.pool_mode:
-            out.append(
-                (
-                    "warning",
-                    f"FORKSAFE['POOLER'] says {mode!r} for alias {alias!r}, but PgBouncer pools"
-                    f" {name!r} in {pool.pool_mode} mode",
-                    f"set FORKSAFE['POOLER'] = {{{alias!r}: {pool.pool_mode!r}}}",
-                )
-            )
-        if mode != pool.pool_mode:  # else the system checks say it already
-            for problem in settings_problems(alias, db, pool.pool_mode):
-                out.append(("warning", f"{problem.check_id}: {problem.message}", problem.fix))
-        out += _timeouts(alias, db, pooler, pool)
-    return out
-
-
-def _timeouts(
-    alias: str, db: dict[str, Any], pooler: Pooler, pool: Pool
-) -> list[tuple[str, str, str]]:
-    """``CONN_MAX_AGE`` against ``client_idle_timeout`` and ``server_idle_timeout``."""
-    age = db.get("CONN_MAX_AGE", 0)
-    shown = "None (forever)" if age is None else f"{age} s"
-    out = []
-    idle = pooler.client_idle_timeout
-    if idle > 0 and (age is None or age > idle) and not db.get("CONN_HEALTH_CHECKS"):
-        out.append(
-            (
-                "warning",
-                f"alias {alias!r} keeps connections for CONN_MAX_AGE {shown}, but PgBouncer"
-                f" closes clients idle for client_idle_timeout {idle:g} s: the first query"
-                " after a quiet spell fails on a connection the pooler closed",
-                f"set CONN_MAX_AGE below {idle:g} or CONN_HEALTH_CHECKS = True for {alias!r}",
-            )
-        )
-    if pool.pool_mode == "session" and age != 0:
-        out.append(
-            (
-                "info",
-                f"alias {alias!r}: under session pooling each Django connection keeps its server"
-                f" connection for CONN_MAX_AGE {shown} (server_idle_timeout"
-                f" {pooler.server_idle_timeout:g} s closes only unused ones): the pool shares"
-                " nothing between them",
-                "transaction pooling, or CONN_MAX_AGE = 0 to give the server connection back"
-                " after each request",
-            )
-        )
-    elif pool.pool_mode != "session":
-        out.append(
-            (
-                "info",
-                f"alias {alias!r}: under {pool.pool_mode} pooling server connections are shared"
-                f" and closed after server_idle_timeout {pooler.server_idle_timeout:g} s unused;"
-                f" CONN_MAX_AGE {shown} keeps only the client connection to the pooler. Code that"
-                " keeps session state across transactions (SET, advisory locks, LISTEN,"
-                " temporary tables) needs an alias that connects directly",
-                "",
-            )
-        )
-    return out

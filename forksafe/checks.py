@@ -36,8 +36,7 @@ from typing import Any
 
 from django.core import checks
 
-from forksafe import _fork, asgi, conf
-from forksafe._pooler import pooler_messages
+from forksafe import _fork, _pooler, asgi, conf
 from forksafe.uwsgi import ServerFacts, server_facts
 
 __all__ = [
@@ -198,6 +197,67 @@ def asgi_messages(reason: str | None) -> list[checks.CheckMessage]:
 
 def _asgi_checks() -> list[checks.CheckMessage]:
     return asgi_messages(asgi_reason())
+
+
+# --- PgBouncer (forksafe._pooler) -----------------------------------------------------------
+
+
+def pooler_messages() -> list[checks.CheckMessage]:
+    """The system checks for what the settings alone show (``forksafe.E004``, ``W006``-``W009``)."""
+    from django.conf import settings
+
+    return pooler_settings_messages(settings.DATABASES, conf.raw_value("POOLER"))
+
+
+#: The check that reports each kind of :class:`forksafe._pooler.Problem`.
+POOLER_PROBLEM_IDS = {
+    "server-side-cursors": "forksafe.W006",
+    "prepared-statements": "forksafe.W007",
+    "session-state": "forksafe.W008",
+}
+
+
+def pooler_settings_messages(databases: dict[str, Any], declared: Any) -> list[checks.CheckMessage]:
+    """The check messages for ``DATABASES`` and ``FORKSAFE["POOLER"]`` (``declared``)."""
+    why = _pooler.invalid_declaration(databases, declared)
+    if why is not None:
+        return [
+            checks.Error(
+                f"settings.FORKSAFE['POOLER'] {why}.",
+                hint="Use FORKSAFE['POOLER'] = 'transaction' (every PostgreSQL alias) or a dict"
+                " such as {'default': 'transaction', 'direct': None}.",
+                id="forksafe.E004",
+            )
+        ]
+    modes = _pooler.declared_modes(databases, declared)
+    explicit = declared if isinstance(declared, dict) else {}
+    messages: list[checks.CheckMessage] = []
+    for alias, db in databases.items():
+        if not str(db.get("ENGINE", "")).endswith("postgresql"):
+            continue
+        mode = modes.get(alias)
+        if (
+            mode is None
+            and alias not in explicit
+            and str(db.get("PORT")) == str(_pooler.PGBOUNCER_PORT)
+        ):
+            messages.append(
+                checks.Warning(
+                    f"DATABASES[{alias!r}] connects to port {_pooler.PGBOUNCER_PORT}, PgBouncer's"
+                    " default, but FORKSAFE['POOLER'] does not say how it pools: the"
+                    " settings transaction pooling needs are not checked.",
+                    hint=f"Set FORKSAFE['POOLER'] = {{{alias!r}: 'transaction'}} (or"
+                    " 'session'; None when no pooler listens there).",
+                    id="forksafe.W009",
+                )
+            )
+        for problem in _pooler.settings_problems(alias, db, mode or ""):
+            messages.append(
+                checks.Warning(
+                    problem.message, hint=problem.fix, id=POOLER_PROBLEM_IDS[problem.kind]
+                )
+            )
+    return messages
 
 
 def forksafe_checks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

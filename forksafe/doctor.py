@@ -55,6 +55,7 @@ __all__ = [
     "Report",
     "add_arguments",
     "main",
+    "pooler_findings",
     "read_pooler_console",
     "run_doctor",
     "run_fleet",
@@ -462,7 +463,7 @@ def _behind_pooler(server: DatabaseServer, processes: int, threads: int) -> list
     server.limits = _fleet.budget(groups, _databases(), keys, behind, {server.address: pooler})
     findings = [
         Finding(level, topic, message, hint)
-        for level, message, hint in _pooler.findings(pooler, server.aliases, _declared_modes())
+        for level, message, hint in pooler_findings(pooler, server.aliases, _declared_modes())
     ]
     for row in server.limits:
         formula = f"{row.formula} = " if row.formula else ""
@@ -753,3 +754,113 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     sys.stdout.write(report.to_json() + "\n" if args.json else report.render())
     return report.exit_code
+
+
+# --- PgBouncer (forksafe._pooler) -----------------------------------------------------------
+
+
+def pooler_findings(
+    pooler: _pooler.Pooler, aliases: list[str], declared: dict[str, str]
+) -> list[tuple[str, str, str]]:
+    """What ``forksafe doctor`` says about ``pooler`` for ``aliases``: (level, message, hint).
+
+    Connections now per database; settings that break under the pool mode the
+    console reports (unless ``FORKSAFE["POOLER"]`` declared that mode: the
+    system checks report those); ``CONN_MAX_AGE`` against the pooler's timeouts.
+    """
+    from django.db import connections
+
+    from forksafe import checks  # Django's check framework: imported once Django is set up
+
+    out: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for alias in aliases:
+        db = connections.settings[alias]
+        name = str(db.get("NAME"))
+        pool = pooler.pools.get(name) or pooler.pools.get("*")
+        if pool is None:
+            out.append(
+                (
+                    "error",
+                    f"{pooler.version} at {pooler.address} has no database {name!r}"
+                    f" (alias {alias!r})",
+                    f"add '{name} = host=... dbname={name}' to its [databases] section",
+                )
+            )
+            continue
+        if name not in seen:
+            seen.add(name)
+            limit = pool.max_db_connections or "unlimited"
+            out.append(
+                (
+                    "info",
+                    f"{pooler.version} pools {name!r} in {pool.pool_mode} mode to"
+                    f" {pool.server}/{pool.server_database}: {pool.clients} client connection(s)"
+                    f" now (max_client_conn {pooler.max_client_conn} for the pooler,"
+                    f" {pooler.clients} in all), {pool.servers} server connection(s) now"
+                    f" (pool_size {pool.pool_size}, reserve_pool {pool.reserve_pool},"
+                    f" max_db_connections {limit}), {pool.waiting} client(s) waiting",
+                    "",
+                )
+            )
+        mode = declared.get(alias)
+        if mode is not None and mode != pool.pool_mode:
+            out.append(
+                (
+                    "warning",
+                    f"FORKSAFE['POOLER'] says {mode!r} for alias {alias!r}, but PgBouncer pools"
+                    f" {name!r} in {pool.pool_mode} mode",
+                    f"set FORKSAFE['POOLER'] = {{{alias!r}: {pool.pool_mode!r}}}",
+                )
+            )
+        if mode != pool.pool_mode:  # else the system checks say it already
+            for problem in _pooler.settings_problems(alias, db, pool.pool_mode):
+                check_id = checks.POOLER_PROBLEM_IDS[problem.kind]
+                out.append(("warning", f"{check_id}: {problem.message}", problem.fix))
+        out += _pooler_timeouts(alias, db, pooler, pool)
+    return out
+
+
+def _pooler_timeouts(
+    alias: str, db: dict[str, Any], pooler: _pooler.Pooler, pool: _pooler.Pool
+) -> list[tuple[str, str, str]]:
+    """``CONN_MAX_AGE`` against ``client_idle_timeout`` and ``server_idle_timeout``."""
+    age = db.get("CONN_MAX_AGE", 0)
+    shown = "None (forever)" if age is None else f"{age} s"
+    out = []
+    idle = pooler.client_idle_timeout
+    if idle > 0 and (age is None or age > idle) and not db.get("CONN_HEALTH_CHECKS"):
+        out.append(
+            (
+                "warning",
+                f"alias {alias!r} keeps connections for CONN_MAX_AGE {shown}, but PgBouncer"
+                f" closes clients idle for client_idle_timeout {idle:g} s: the first query"
+                " after a quiet spell fails on a connection the pooler closed",
+                f"set CONN_MAX_AGE below {idle:g} or CONN_HEALTH_CHECKS = True for {alias!r}",
+            )
+        )
+    if pool.pool_mode == "session" and age != 0:
+        out.append(
+            (
+                "info",
+                f"alias {alias!r}: under session pooling each Django connection keeps its server"
+                f" connection for CONN_MAX_AGE {shown} (server_idle_timeout"
+                f" {pooler.server_idle_timeout:g} s closes only unused ones): the pool shares"
+                " nothing between them",
+                "transaction pooling, or CONN_MAX_AGE = 0 to give the server connection back"
+                " after each request",
+            )
+        )
+    elif pool.pool_mode != "session":
+        out.append(
+            (
+                "info",
+                f"alias {alias!r}: under {pool.pool_mode} pooling server connections are shared"
+                f" and closed after server_idle_timeout {pooler.server_idle_timeout:g} s unused;"
+                f" CONN_MAX_AGE {shown} keeps only the client connection to the pooler. Code that"
+                " keeps session state across transactions (SET, advisory locks, LISTEN,"
+                " temporary tables) needs an alias that connects directly",
+                "",
+            )
+        )
+    return out

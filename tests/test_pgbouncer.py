@@ -328,7 +328,7 @@ def test_doctor_flags_conn_max_age_beyond_the_poolers_client_idle_timeout(
 ) -> None:
     from django.db import connections
 
-    from forksafe import _pooler
+    from forksafe import _pooler, doctor
 
     _transaction_only(pooler)
     settings = connections.settings[through_pooler]
@@ -340,14 +340,14 @@ def test_doctor_flags_conn_max_age_beyond_the_poolers_client_idle_timeout(
         pooler.admin("SET client_idle_timeout = 0")
     warnings = [
         (m, h)
-        for level, m, h in _pooler.findings(found, [through_pooler], {})
+        for level, m, h in doctor.pooler_findings(found, [through_pooler], {})
         if level == "warning"
     ]
     assert len(warnings) == 1, warnings
     assert "closes clients idle for client_idle_timeout 30 s" in warnings[0][0]
     assert "CONN_HEALTH_CHECKS = True" in warnings[0][1]
     settings["CONN_HEALTH_CHECKS"] = True
-    assert not [f for f in _pooler.findings(found, [through_pooler], {}) if f[0] == "warning"]
+    assert not [f for f in doctor.pooler_findings(found, [through_pooler], {}) if f[0] == "warning"]
 
 
 def test_fleet_through_pgbouncer_exits_1_naming_the_exceeded_limit(

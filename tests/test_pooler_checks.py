@@ -10,7 +10,7 @@ from django.core.checks import CheckMessage
 from django.test import override_settings
 
 from forksafe import checks
-from forksafe._pooler import check_settings
+from forksafe.checks import pooler_settings_messages
 
 pytestmark = pytest.mark.nodb
 
@@ -19,7 +19,7 @@ SAFE = {**PG, "DISABLE_SERVER_SIDE_CURSORS": True}
 
 
 def _messages(databases: dict[str, Any], pooler: Any = None) -> list[CheckMessage]:
-    messages: list[CheckMessage] = check_settings(databases, pooler)
+    messages: list[CheckMessage] = pooler_settings_messages(databases, pooler)
     return messages
 
 
