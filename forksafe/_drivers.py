@@ -135,7 +135,6 @@ class _NoDescriptor(LookupError):
     """A connection forksafe does not know, with no ``fileno()``."""
 
 
-_KNOWN = frozenset({"pymysql", "psycopg", "psycopg2", "MySQLdb"})
 # Unknown connection classes already reported in this process: once each.
 _reported: set[type] = set()
 

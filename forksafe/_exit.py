@@ -27,7 +27,7 @@ from forksafe import _closing, _drivers, _fork, _registry
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["close_at_exit", "close_own_connections"]
+__all__ = ["close_at_exit", "close_native_pools", "close_own_connections"]
 
 _registered = False  # inherited by forks: one atexit callback serves a whole lineage
 _registered_in = 0  # the pid that registered it
@@ -53,7 +53,7 @@ def close_own_connections() -> None:
     try:
         _fork.after_fork_in_child()  # no-op unless this is a child not reset yet
         _close_thread_connections()
-        _close_native_pools()
+        close_native_pools()
     except Exception:
         logger.warning("forksafe: closing this process's connections failed", exc_info=True)
 
@@ -73,7 +73,7 @@ def _close_thread_connections() -> None:
         )
 
 
-def _close_native_pools() -> None:
+def close_native_pools() -> None:
     """Close Django's native psycopg pools (Django 5.1+); the reset dropped inherited ones."""
     pools = _drivers.native_pools()
     for alias, pool in list((pools or {}).items()):

@@ -57,7 +57,6 @@ __all__ = [
     "changes",
     "entries",
     "entries_of_thread",
-    "forget",
     "in_use",
     "inherited",
     "note_bypassed",
@@ -243,20 +242,6 @@ def closed(wrapper: BaseDatabaseWrapper) -> None:
         and _entries.pop(key, None) is entry
     ):
         _unindex(key, entry)
-
-
-def forget(entry: Entry) -> None:
-    """Drop ``entry`` (only if it is still the current one for its wrapper)."""
-    wrapper = entry.wrapper
-    key = id(wrapper) if wrapper is not None else None
-    if key is not None and _entries.get(key) is entry:
-        del _entries[key]
-        _unindex(key, entry)
-    else:
-        for k, e in list(_entries.items()):
-            if e is entry:
-                _entries.pop(k, None)
-                _unindex(k, entry)
 
 
 def _on_connection_created(

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent import futures
 from typing import Any
 
+from forksafe import _exit
 from forksafe.threads import ThreadPoolExecutor
 
 __all__ = [
@@ -110,23 +111,12 @@ def install_default_executor(max_workers: int | None = None) -> ThreadPoolExecut
     return executor
 
 
-def _close_native_pools() -> None:
-    """Close this process's native connection pools (their idle sessions say goodbye)."""
-    from django.db import connections
-
-    for alias in connections:
-        wrapper = connections[alias]
-        pools = getattr(type(wrapper), "_connection_pools", None)
-        if pools and alias in pools:
-            wrapper.close_pool()  # type: ignore[attr-defined]
-
-
 def _goodbye(executor: ThreadPoolExecutor | None, pools: bool) -> None:
     """In a thread of its own: wait for the executor's workers to close, then the pools."""
     if executor is not None:
         executor.shutdown(wait=True)
     if pools:
-        _close_native_pools()
+        _exit.close_native_pools()
 
 
 async def shutdown(*, pools: bool = True) -> None:

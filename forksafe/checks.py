@@ -37,7 +37,7 @@ from typing import Any
 from django.core import checks
 
 from forksafe import _fork, _pooler, asgi, conf
-from forksafe.uwsgi import ServerFacts, server_facts
+from forksafe._uwsgi_facts import ServerFacts, server_facts
 
 __all__ = [
     "asgi_messages",

@@ -45,7 +45,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
-from forksafe import _fleet, _pooler, _sessions, asgi, conf, uwsgi
+from forksafe import _fleet, _pooler, _sessions, _uwsgi_facts, asgi, conf
 
 __all__ = [
     "DatabaseServer",
@@ -183,7 +183,7 @@ def detect_servers() -> dict[str, str]:
 
     Read from this process's environment and importable packages only.
     """
-    running, configured = uwsgi.server_facts(), uwsgi.configured_facts()
+    running, configured = _uwsgi_facts.server_facts(), _uwsgi_facts.configured_facts()
     found = {
         "uwsgi": (
             "running (inside uWSGI)"
@@ -217,7 +217,7 @@ def detect_sizing(processes: int | None, threads: int | None) -> tuple[int, int,
     (``--workers``, ``--threads``), ``WEB_CONCURRENCY``; else 1.
     """
     gunicorn = _gunicorn_args()
-    facts = uwsgi.server_facts() or uwsgi.configured_facts()
+    facts = _uwsgi_facts.server_facts() or _uwsgi_facts.configured_facts()
     p_sources = [
         ("--processes", processes),
         ("uWSGI processes", facts and facts.processes),
@@ -257,7 +257,7 @@ def _environment_findings(hooks: bool, servers: dict[str, str]) -> list[Finding]
     findings.append(Finding("info", "settings", f"FORKSAFE: {options}"))
     for name, state in servers.items():
         findings.append(Finding("info", name, state))
-    facts = uwsgi.server_facts() or uwsgi.configured_facts()
+    facts = _uwsgi_facts.server_facts() or _uwsgi_facts.configured_facts()
     if facts is not None:
         text = (
             "uWSGI forks in C: forksafe detaches the workers' inherited connections"

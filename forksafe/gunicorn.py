@@ -32,8 +32,8 @@ def pre_fork(server: Any, worker: Any) -> None:
     ``preload_app = True`` it may have queried while loading; it serves no
     request, so it keeps no idle session and the worker inherits nothing to
     detach (one with an open cursor or inside a transaction is kept).
-    This is :func:`forksafe.prepare_fork`; with ``forksafe.install()`` its
-    at-fork hook runs it too and the second call finds nothing open.
+    This is :func:`forksafe.prepare_fork` (``forksafe.install()``'s at-fork hook
+    closes nothing by default: the worker detaches what it inherits either way).
     """
     prepare_fork()  # also finds the connections opened before, without install()
 

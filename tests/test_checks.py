@@ -12,7 +12,7 @@ from django.core.checks import CheckMessage
 from django.test import override_settings
 
 from forksafe import checks, conf
-from forksafe.uwsgi import configured_facts, facts_from_options
+from forksafe._uwsgi_facts import configured_facts, facts_from_options
 
 pytestmark = pytest.mark.nodb
 
