@@ -26,11 +26,12 @@ DJANGO_SPECS = {"4.2": "Django~=4.2.0", "5.2": "Django~=5.2.0", "6.1": "Django~=
 
 @nox.session(python="3.11", tags=["ci"])
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format) and mypy --strict."""
+    """ruff (lint + format), mypy --strict and the import layers (import-linter)."""
     session.install("-e", ".[lint]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    session.run("lint-imports")  # the layers of pyproject.toml's [tool.importlinter]
 
 
 @nox.session(python="3.11", tags=["ci"])

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from forksafe import _sessions
+
 __all__ = [
     "MODES",
     "PGBOUNCER_PORT",
@@ -303,8 +305,6 @@ def console_params(alias: str) -> tuple[Any, dict[str, Any]]:
 
 def _listening_port(alias: str) -> int | None:
     """The port of the PostgreSQL server behind ``alias``'s connection (None over a socket)."""
-    from forksafe import _sessions
-
     conn = _sessions.own_connection(alias)
     try:
         with conn.cursor() as cursor:

@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     ) from exc
 
 from forksafe import _exit, _tasks
-from forksafe import install as _install_hooks
+from forksafe._install import install as _install_hooks
 
 logger = logging.getLogger("forksafe")
 

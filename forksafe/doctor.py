@@ -45,7 +45,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
-from forksafe import _fleet, _pooler, _sessions, _uwsgi_facts, asgi, conf
+from forksafe import _fleet, _fork, _pooler, _sessions, _uwsgi_facts, asgi, checks, conf
 
 __all__ = [
     "DatabaseServer",
@@ -283,10 +283,8 @@ def _start_method_finding(current: str | None, default: str) -> Finding:
 def _check_findings() -> list[Finding]:
     from django.core import checks as django_checks
 
-    from forksafe.checks import forksafe_checks
-
     findings = []
-    for message in forksafe_checks():
+    for message in checks.forksafe_checks():
         if message.level >= django_checks.ERROR:
             level = "error"
         elif message.level >= django_checks.WARNING:
@@ -304,8 +302,6 @@ def _asgi_findings() -> list[Finding]:
 
     Detected ASGI (``forksafe.W005``) is already among the check findings.
     """
-    from forksafe import checks
-
     persistent = checks.persistent_without_pool()
     installed = [name for name in asgi.ASGI_SERVERS if _installed(name)]
     if checks.asgi_reason() is not None or not installed or not persistent:
@@ -631,8 +627,6 @@ def run_doctor(
 
     if not apps.ready:
         django.setup()
-    from forksafe import _fork
-
     p, t, sizing = detect_sizing(processes, threads)
     servers = detect_servers()
     hooks = _fork.hooks_installed()
@@ -769,8 +763,6 @@ def pooler_findings(
     system checks report those); ``CONN_MAX_AGE`` against the pooler's timeouts.
     """
     from django.db import connections
-
-    from forksafe import checks  # Django's check framework: imported once Django is set up
 
     out: list[tuple[str, str, str]] = []
     seen: set[str] = set()

@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 from redis.client import PubSubWorkerThread
 
 from forksafe import _exit, _tasks
-from forksafe import install as _install_hooks
+from forksafe._install import install as _install_hooks
 from forksafe._setup import setup_django
 
 if TYPE_CHECKING:
