@@ -1,31 +1,10 @@
 """System checks (``manage.py check``), ids ``forksafe.E00N`` / ``forksafe.W00N``, never reused.
 
-=============  ==================================================================
-id             what it catches
-=============  ==================================================================
-forksafe.E001  ``settings.FORKSAFE`` is not a dict, or has keys forksafe does not know
-forksafe.E002  a ``FORKSAFE`` value of the wrong type
-forksafe.E004  ``FORKSAFE["POOLER"]`` is not a pool mode, or names an alias not in ``DATABASES``
-forksafe.W001  a database uses Django's native pool but forksafe's fork hooks are not
-               installed: forked workers would share the parent's pooled sessions
-forksafe.W002  running under uWSGI without ``master``: the postfork hook cannot run
-forksafe.W003  running under uWSGI before 2.0.27 without threads enabled while
-               something needs background threads (``FORKSAFE["THREADS"]``, a
-               native pool); uWSGI 2.0.27+ always enables them
-forksafe.W005  under ASGI, a database with ``CONN_MAX_AGE`` other than 0 and no pool:
-               every request runs in a new thread, so no connection is reused
-forksafe.W006  behind transaction pooling (``FORKSAFE["POOLER"]``), server-side cursors are on
-forksafe.W007  behind transaction pooling, psycopg 3 prepares statements (server-side binding
-               with ``prepare_threshold``)
-forksafe.W008  behind transaction pooling, ``OPTIONS`` sets session state at connect
-               (``assume_role``, ``options``)
-forksafe.W009  ``PORT`` 6432 (PgBouncer's default) without a ``FORKSAFE["POOLER"]`` declaration
-=============  ==================================================================
-
-Django runs system checks in management commands only, never inside a WSGI
-server, so the uWSGI checks (W002, W003) are also run by ``AppConfig.ready()``
-under uWSGI and logged there (see :func:`log_server_warnings`); W005 is logged
-at the first ASGI request (``forksafe.asgi``).
+Every forksafe check id is defined in this module; what each catches and what to do is
+tabled in the documentation (docs/reference/checks.md). Django runs system checks in
+management commands only, never inside a server, so the uWSGI checks (W002, W003) are
+logged by ``AppConfig.ready()`` under uWSGI (:func:`log_server_warnings`) and W005 at the
+first ASGI request (:func:`log_asgi_warnings`).
 """
 
 from __future__ import annotations

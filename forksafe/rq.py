@@ -18,7 +18,7 @@ Use one of these classes::
   job, so there is nothing to reuse: each job has a session of its own, as
   with plain RQ, and ends it cleanly.
 * :class:`SimpleWorker` (no fork: jobs run in the worker process): the
-  between-task rules of ``forksafe.celery`` apply around each job -- Django's
+  between-task rules (``forksafe._tasks``, as for Celery) apply around each job -- Django's
   rules (``CONN_MAX_AGE=None`` reuses one session across jobs), and a
   connection interrupted mid-query (``JobTimeoutException``) or used by a job
   that failed with a database error is closed before the next job.
