@@ -19,10 +19,15 @@ from forksafe import _fork, _pooler, asgi, conf
 from forksafe._uwsgi_facts import ServerFacts, server_facts
 
 __all__ = [
+    "POOLER_PROBLEM_IDS",
     "asgi_messages",
     "asgi_reason",
+    "forksafe_checks",
+    "log_asgi_warnings",
     "log_server_warnings",
     "persistent_without_pool",
+    "pooler_messages",
+    "pooler_settings_messages",
     "register",
 ]
 
