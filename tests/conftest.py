@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests._ci import in_ci
+from tests.harness.ci import in_ci
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings.sqlite3")
 # This run's own SQLite file (see tests/settings/_base.py), removed at the end.

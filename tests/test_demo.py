@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from forksafe.demo import UWSGI_NEEDS_CHECKOUT
-from tests._ci import skip_or_fail
+from tests.harness.ci import skip_or_fail
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/forksafe_nowhere"
 
@@ -212,7 +212,7 @@ def test_demo_on_the_server_database_shows_the_bugs_without_forksafe_and_none_wi
 def test_demo_rq_row_shows_plain_rq_abandoning_a_session_per_job_and_forksafe_none(
     db_url: str, driver: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests._queues import REDIS_URL, require_heavy_driver, require_redis
+    from tests.harness.queues import REDIS_URL, require_heavy_driver, require_redis
 
     require_heavy_driver(driver)
     require_redis()

@@ -15,8 +15,9 @@ from typing import Any
 
 import forksafe
 from forksafe._sessions import backend_id
-from tests._abandoned import settled_abandoned
-from tests._queues import ROOT, require_heavy_driver, worker_env
+from tests.harness.queues import require_heavy_driver, worker_env
+from tests.harness.scripts import ROOT
+from tests.harness.sessions import settled_abandoned
 
 
 def _aliases(driver: str) -> list[str]:

@@ -16,8 +16,7 @@ from django.db import connection
 
 import forksafe.gunicorn
 from forksafe._sessions import backend_id, settle_sessions
-from tests._abandoned import assert_none_abandoned, settled_abandoned, wait_sessions_gone
-from tests._prefork import (
+from tests.harness.prefork import (
     WORKERS,
     assert_own_sessions,
     backends_of,
@@ -25,6 +24,7 @@ from tests._prefork import (
     session_baseline,
     wait_for_new_workers,
 )
+from tests.harness.sessions import assert_none_abandoned, settled_abandoned, wait_sessions_gone
 from uwsgi_examples.load import fire
 from uwsgi_examples.run import Server
 

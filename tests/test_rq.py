@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests._abandoned import settled_abandoned
-from tests._queues import (
+from tests.harness.queues import (
     REDIS_URL,
     python_module,
     require_heavy_driver,
@@ -22,6 +21,7 @@ from tests._queues import (
     unique_name,
     worker_env,
 )
+from tests.harness.sessions import settled_abandoned
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 import forksafe
 from forksafe._sessions import backend_id, count_sessions, quiet_sessions, settle_sessions
 from forksafe.demo import _scenarios
-from tests._abandoned import abandoned_before, assert_none_abandoned
-from tests._scripts import run_python
+from tests.harness.scripts import run_python
+from tests.harness.sessions import abandoned_before, assert_none_abandoned
 from tests.testapp.models import Item
 
 N_THREADS = 20

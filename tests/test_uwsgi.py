@@ -22,8 +22,7 @@ import pytest
 
 from forksafe import uwsgi as forksafe_uwsgi
 from forksafe._sessions import list_sessions, settle_sessions
-from tests._abandoned import assert_none_abandoned, settled_abandoned, wait_sessions_gone
-from tests._prefork import (
+from tests.harness.prefork import (
     WORKERS,
     assert_own_sessions,
     backends_of,
@@ -31,6 +30,7 @@ from tests._prefork import (
     session_baseline,
     wait_for_new_workers,
 )
+from tests.harness.sessions import assert_none_abandoned, settled_abandoned, wait_sessions_gone
 from uwsgi_examples.load import fire, get
 from uwsgi_examples.run import Server
 

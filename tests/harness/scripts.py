@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+#: The checkout (tests/harness/ is two levels below it).
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_python(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Any:
