@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.harness.pgbouncer import PgBouncer, require_pgbouncer, tcp_ports_of
+from tests.harness.scripts import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("transaction", "session")
@@ -46,26 +47,9 @@ def _transaction_only(pooler: PgBouncer, what: str = "this variant") -> None:
 def _scenario(name: str, pooler: PgBouncer, mode: str) -> dict[str, Any]:
     """Run ``tests.harness.programs.pooler_scenarios`` ``name`` through ``pooler``; its JSON
     result."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.harness.programs.pooler_scenarios",
-            name,
-            "--database",
-            pooler.url,
-        ]
-        + ["--mode", mode],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    module = "tests.harness.programs.pooler_scenarios"
+    args = ("-m", module, name, "--database", pooler.url, "--mode", mode)
+    result: dict[str, Any] = run_python(*args, unset=("DJANGO_SETTINGS_MODULE",))
     return result
 
 
