@@ -163,6 +163,23 @@ def threads_installed() -> Iterator[None]:
         forksafe.install(threads=False)  # the test-suite's setting
 
 
+@pytest.fixture
+def baseline(example_db: str) -> Iterator[int]:
+    """Server sessions before the test's server starts (``example_db``: the server tests'
+    module fixture, which migrates the example project's database)."""
+    from tests.harness.prefork import session_baseline
+
+    yield from session_baseline(example_db)
+
+
+@pytest.fixture
+def abandoned(example_db: str) -> int:
+    """The server's settled count of abandoned sessions before the test's server starts."""
+    from tests.harness.sessions import settled_abandoned
+
+    return settled_abandoned()
+
+
 @pytest.fixture(scope="session")
 def db_url() -> str:
     from django.conf import settings

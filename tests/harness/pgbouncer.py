@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import urllib.parse
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import pytest
@@ -90,6 +89,7 @@ class PgBouncer(ManagedProcess):
         return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
     def _write_config(self) -> Path:
+        self.dir.mkdir(exist_ok=True)
         lines = [
             "[databases]",
             f"{self.dbname} = host={self.server_host} port={self.server_port} dbname={self.dbname}",
@@ -158,18 +158,14 @@ class PgBouncer(ManagedProcess):
         """Client connections that went away without a goodbye (PgBouncer's own log lines)."""
         return self.log(tail=None).count("client unexpected eof")
 
-    def cleanup(self) -> None:
-        """Stop it and remove its directory."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
+    def stop(
+        self, timeout: float = 20.0, signum: int | None = None, *, group: bool = False
+    ) -> int | None:
+        """Stop it (SIGTERM: immediate shutdown) and remove its configuration; the log stays."""
+        try:
+            return super().stop(timeout, signum, group=group)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def tcp_ports_of(pid: int, remote_port: int) -> set[int]:
