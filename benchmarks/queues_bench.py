@@ -19,8 +19,8 @@ django-rq's ``rqworker`` does), and ``plain rq CLI``, ``rq worker`` as it comes,
 horse sets Django up for its job. The plain workers run without forksafe's app. The
 sessions each abandoned over the run are counted by the server.
 
-Uses the test-suite's worker harness (``tests/_queues.py``), Redis database 5 and the
-database of ``tests.settings.DRIVER`` (``FORKSAFE_TEST_POSTGRES_URL`` /
+Uses the test-suite's worker harness (``tests.harness.queues``, importable from a checkout),
+Redis database 5 and the database of ``tests.settings.DRIVER`` (``FORKSAFE_TEST_POSTGRES_URL`` /
 ``FORKSAFE_TEST_MYSQL_URL``)::
 
     PYTHONPATH=. python benchmarks/queues_bench.py --driver psycopg
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import time
 from typing import Any
@@ -54,7 +53,7 @@ def _celery_round(worker: Any, n: int) -> float:
 
 
 def bench_celery(driver: str, n: int, repeat: int, concurrency: int) -> None:
-    from tests._queues import CeleryWorker
+    from tests.harness.queues import CeleryWorker
 
     workers = {
         name: CeleryWorker(
@@ -71,7 +70,7 @@ def bench_celery(driver: str, n: int, repeat: int, concurrency: int) -> None:
                 rates[name].append(_celery_round(worker, n))
     finally:
         for worker in workers.values():
-            worker.stop()
+            worker.shutdown()
     ours = statistics.median(rates["forksafe"])
     print(f"Celery prefork -c {concurrency}, {n} tasks x {repeat} rounds (median tasks/s)")
     for name, values in rates.items():
@@ -95,15 +94,8 @@ def bench_rq(driver: str, n: int, repeat: int) -> None:
     from redis import Redis
     from rq import Queue
 
-    from tests._abandoned import settled_abandoned
-    from tests._queues import (
-        REDIS_URL,
-        python_module,
-        start_worker,
-        stop_worker,
-        unique_name,
-        worker_env,
-    )
+    from tests.harness.queues import REDIS_URL, Worker, python_module, unique_name, worker_env
+    from tests.harness.sessions import settled_abandoned
 
     classes = {  # worker class: (label, environment)
         "forksafe.rq.Worker": ("forksafe", {}),
@@ -112,11 +104,11 @@ def bench_rq(driver: str, n: int, repeat: int) -> None:
     }
     redis = Redis.from_url(REDIS_URL)
     queues = {cls: Queue(unique_name("bench"), connection=redis) for cls in classes}
-    procs = {
-        cls: start_worker(
+    workers = {
+        cls: Worker(
             [*python_module("rq.cli", "worker", "--url", REDIS_URL, "-w", cls), queue.name],
             worker_env(driver, **classes[cls][1]),
-        )
+        ).start()
         for cls, queue in queues.items()
     }
     rates: dict[str, list[float]] = {cls: [] for cls in classes}
@@ -130,8 +122,8 @@ def bench_rq(driver: str, n: int, repeat: int) -> None:
                 rates[cls].append(_rq_round(queue, n))
                 abandoned[cls] += settled_abandoned() - before
     finally:
-        for proc in procs.values():
-            stop_worker(proc, signal.SIGTERM)
+        for worker in workers.values():
+            worker.shutdown()
         for queue in queues.values():
             queue.delete(delete_jobs=True)
         redis.close()

@@ -9,6 +9,7 @@ green without having talked to PostgreSQL and MariaDB.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import tempfile
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests._ci import in_ci
+from tests.harness.ci import in_ci
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings.sqlite3")
 # This run's own SQLite file (see tests/settings/_base.py), removed at the end.
@@ -122,6 +123,61 @@ def db(django_db_setup: None) -> Iterator[None]:
     Item.objects.all().delete()
     yield
     connections.close_all()
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """Keep the cyclic GC from closing finished threads' connections behind our back."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+@pytest.fixture
+def conn_max_age(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Set ``CONN_MAX_AGE`` of the default alias for the wrappers created in this test."""
+    from django.db import connections
+
+    settings_dict = connections.settings["default"]
+    old = settings_dict["CONN_MAX_AGE"]
+    settings_dict["CONN_MAX_AGE"] = request.param
+    try:
+        yield
+    finally:
+        settings_dict["CONN_MAX_AGE"] = old
+
+
+@pytest.fixture
+def threads_installed() -> Iterator[None]:
+    """``install(threads=True)`` for the test, then the suite's setting again."""
+    import forksafe
+
+    forksafe.install(threads=True)
+    try:
+        yield
+    finally:
+        forksafe.install(threads=False)  # the test-suite's setting
+
+
+@pytest.fixture
+def baseline(example_db: str) -> Iterator[int]:
+    """Server sessions before the test's server starts (``example_db``: the server tests'
+    module fixture, which migrates the example project's database)."""
+    from tests.harness.prefork import session_baseline
+
+    yield from session_baseline(example_db)
+
+
+@pytest.fixture
+def abandoned(example_db: str) -> int:
+    """The server's settled count of abandoned sessions before the test's server starts."""
+    from tests.harness.sessions import settled_abandoned
+
+    return settled_abandoned()
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import forksafe
 from forksafe import _drivers, _registry
 from forksafe._sessions import backend_id, own_connection
 from forksafe._urls import database_settings, split_url
-from tests._forking import run_in_child
+from tests.harness.forking import run_in_child
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.usefixtures("db")

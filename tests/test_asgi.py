@@ -29,9 +29,8 @@ import pytest
 import forksafe.asgi
 from forksafe import threads
 from forksafe._sessions import backend_id, count_sessions, quiet_sessions, settle_sessions
-from tests._prefork import require_server
-from tests.test_demo import demo, table_rows
-from tests.test_threads import conn_max_age, no_gc  # noqa: F401 - fixtures
+from tests.harness.demo import demo, table_rows
+from tests.harness.prefork import require_server
 from uwsgi_examples.asgi_burst import Run, measure
 
 REQUESTS = 120

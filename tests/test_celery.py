@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests._abandoned import settled_abandoned
-from tests._queues import ROOT, CeleryWorker, require_heavy_driver, require_redis
+from tests.harness.queues import CeleryWorker, require_heavy_driver, require_redis
+from tests.harness.scripts import ROOT
+from tests.harness.sessions import settled_abandoned
 
 Start = Callable[..., CeleryWorker]
 
@@ -35,7 +36,7 @@ def celery_worker(driver: str) -> Iterator[Start]:
 
     yield start
     for worker in started:
-        worker.stop()
+        worker.shutdown()
 
 
 def _queries(worker: CeleryWorker, count: int) -> list[tuple[int, int]]:
@@ -52,7 +53,7 @@ def test_prefork_reuses_a_session_per_process_and_abandons_none_at_exit(
     # psycopg: the first process also builds a native pool (min_size 2).
     worker.call("query", "pooled" if driver == "psycopg" else "default")
     seen += _queries(worker, 2)
-    output = worker.stop()
+    output = worker.shutdown()
     by_pid: dict[int, set[int]] = {}
     for pid, backend in seen:
         by_pid.setdefault(pid, set()).add(backend)
@@ -98,7 +99,7 @@ def test_soft_time_limit_inside_a_query_or_a_database_error_closes_that_connecti
     assert worker.fail("database_error") == "ProgrammingError"
     last = worker.call("query")
     assert last[0] == pid and last[1] != after[1]  # closed after the database error
-    output = worker.stop()
+    output = worker.shutdown()
     assert settled_abandoned() == before, output[-4000:]
 
 
@@ -110,7 +111,7 @@ def test_threads_pool_reuses_a_session_per_thread_and_abandons_none_at_warm_shut
     seen = _queries(worker, 8)
     if driver == "psycopg":
         worker.call("query", "pooled")
-    output = worker.stop()
+    output = worker.shutdown()
     assert len({pid for pid, _ in seen}) == 1
     assert len({backend for _, backend in seen}) <= 2, seen  # one per thread at most
     assert settled_abandoned() == before, output[-4000:]

@@ -24,8 +24,8 @@ from django.db import connections
 
 import forksafe
 from forksafe import _drivers, _sessions
-from tests._abandoned import settled_abandoned
-from tests._forking import run_in_child
+from tests.harness.forking import run_in_child
+from tests.harness.sessions import settled_abandoned
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -125,7 +125,7 @@ def test_a_child_ending_with_interpreter_finalization_never_says_goodbye_for_the
     connections.close_all()
     before = settled_abandoned()
     out = subprocess.run(
-        [sys.executable, "-m", "tests._finalizing_child", db_url, mode],
+        [sys.executable, "-m", "tests.harness.programs.finalizing_child", db_url, mode],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

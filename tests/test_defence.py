@@ -24,7 +24,7 @@ import forksafe
 from forksafe import _drivers, _guard
 from forksafe._sessions import abandoned_sessions, backend_id
 from forksafe.signals import bypass_detected, connection_detached, fork_prepared
-from tests._forking import run_in_child
+from tests.harness.forking import run_in_child
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.usefixtures("db")

@@ -9,7 +9,7 @@ session. forksafe points the inherited descriptors at ``/dev/null`` and keeps
 their numbers taken, so the child's new sessions, the parent's session and the
 other thread's session all keep answering.
 
-Each mode runs in a fresh interpreter (``tests/_descriptor_reuse.py``): plain
+Each mode runs in a fresh interpreter (``tests/harness/programs/descriptor_reuse.py``): plain
 Django must really be plain.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests._scripts import run_python
+from tests.harness.scripts import run_python
 
 DRIVERS = ("psycopg2", "mysqlclient")
 # psycopg2 frees a connection without a word in a process other than the one that opened
@@ -36,7 +36,9 @@ def descriptors_run(db_url: str, driver: str) -> Any:
         )
 
     def run(mode: str) -> dict[str, Any]:
-        result: dict[str, Any] = run_python("-m", "tests._descriptor_reuse", mode, db_url)
+        result: dict[str, Any] = run_python(
+            "-m", "tests.harness.programs.descriptor_reuse", mode, db_url
+        )
         return result
 
     return run

@@ -12,7 +12,6 @@ import pytest
 from django.db import connections
 
 import forksafe
-from tests.test_threads import conn_max_age  # noqa: F401 - fixture
 
 
 @pytest.mark.parametrize("conn_max_age", [None], indirect=True)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from typing import Any
 
 import forksafe
 from forksafe._sessions import backend_id
-from tests._abandoned import settled_abandoned
-from tests._queues import ROOT, require_heavy_driver, worker_env
+from tests.harness.queues import require_heavy_driver, worker_env
+from tests.harness.scripts import run_python
+from tests.harness.sessions import settled_abandoned
 
 
 def _aliases(driver: str) -> list[str]:
@@ -78,16 +77,8 @@ print(json.dumps(dict(exited=bool(done), status=status, parent_works=backend_id(
 
 
 def _raw_fork(driver: str, aliases: list[str], **env: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _RAW_FORK, json.dumps(aliases)],
-        env=worker_env(driver, **env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    env = worker_env(driver, **env)
+    result: dict[str, Any] = run_python("-c", _RAW_FORK, json.dumps(aliases), env=env)
     assert result["exited"] and result["status"] == 0 and result["parent_works"], result
     return result
 

@@ -20,14 +20,14 @@ from django.db import ProgrammingError, connection, connections, transaction
 
 import forksafe
 from forksafe import _drivers, _fork, _registry, _sessions
-from tests._abandoned import (
+from tests.harness.forking import ChildFailed, fork_child, run_in_child, wait_child
+from tests.harness.scripts import run_python
+from tests.harness.sessions import (
     abandoned_after,
     abandoned_before,
     assert_none_abandoned,
     wait_sessions_gone,
 )
-from tests._forking import ChildFailed, fork_child, run_in_child, wait_child
-from tests._scripts import run_python
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -519,7 +519,9 @@ def wait_for_running_query(session: int, timeout: float = 10) -> None:
 
 
 def _transaction_fork(scenario: str, mode: str, url: str) -> dict[str, Any]:
-    result: dict[str, Any] = run_python("-m", "tests._transaction_fork", scenario, mode, url)
+    result: dict[str, Any] = run_python(
+        "-m", "tests.harness.programs.transaction_fork", scenario, mode, url
+    )
     return result
 
 

@@ -15,7 +15,7 @@ import statistics
 
 import pytest
 
-from tests._scripts import run_python
+from tests.harness.scripts import run_python
 from tests.settings._base import url_for
 
 ROUNDS = 3

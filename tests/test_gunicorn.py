@@ -9,22 +9,20 @@ server tests run for the psycopg and mysqlclient drivers only (see
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
 import pytest
 from django.db import connection
 
 import forksafe.gunicorn
 from forksafe._sessions import backend_id, settle_sessions
-from tests._abandoned import assert_none_abandoned, settled_abandoned, wait_sessions_gone
-from tests._prefork import (
+from tests.harness.prefork import (
     WORKERS,
     assert_own_sessions,
     backends_of,
     require_server,
-    session_baseline,
     wait_for_new_workers,
 )
+from tests.harness.sessions import assert_none_abandoned, wait_sessions_gone
 from uwsgi_examples.load import fire
 from uwsgi_examples.run import Server
 
@@ -32,17 +30,6 @@ from uwsgi_examples.run import Server
 @pytest.fixture(scope="module")
 def example_db(db_url: str, driver: str) -> str:
     return require_server("gunicorn", db_url, driver)
-
-
-@pytest.fixture
-def baseline(example_db: str) -> Iterator[int]:
-    yield from session_baseline(example_db)
-
-
-@pytest.fixture
-def abandoned(example_db: str) -> int:
-    """The server's settled count of abandoned sessions before the test's server starts."""
-    return settled_abandoned()
 
 
 @pytest.mark.parametrize("forksafe_mode", ["1", "hook"])

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests._scripts import ROOT, run_python
+from tests.harness.scripts import ROOT, run_python
 
 SETTINGS_FREE_ENV = {"DJANGO_SETTINGS_MODULE": ""}
 

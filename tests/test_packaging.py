@@ -26,7 +26,7 @@ import pytest
 
 import forksafe
 from forksafe.demo import UWSGI_NEEDS_CHECKOUT
-from tests.test_demo import scenario_verdicts
+from tests.harness.demo import scenario_verdicts
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 NAME_VERSION = f"forksafe-{forksafe.__version__}"

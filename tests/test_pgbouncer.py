@@ -1,8 +1,8 @@
 """forksafe behind a real PgBouncer (transaction and session pooling) on a loopback port.
 
-Each test module run starts its own PgBouncer per pool mode (``tests/_pgbouncer.py``)
+Each test module run starts its own PgBouncer per pool mode (``tests/harness/pgbouncer.py``)
 in front of the run's PostgreSQL database, for psycopg 3 and psycopg2 only. The
-scenarios run in fresh interpreters (``tests/_pooler_scenarios.py``): a client
+scenarios run in fresh interpreters (``tests/harness/programs/pooler_scenarios.py``): a client
 connection to the pooler is identified by its local TCP port, which process holds
 it by /proc, and a client that left without a goodbye by PgBouncer's own log
 ("client unexpected eof").
@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests._pgbouncer import PgBouncer, require_pgbouncer, tcp_ports_of
+from tests.harness.pgbouncer import PgBouncer, require_pgbouncer, tcp_ports_of
+from tests.harness.scripts import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("transaction", "session")
@@ -44,20 +45,11 @@ def _transaction_only(pooler: PgBouncer, what: str = "this variant") -> None:
 
 
 def _scenario(name: str, pooler: PgBouncer, mode: str) -> dict[str, Any]:
-    """Run ``tests._pooler_scenarios`` ``name`` through ``pooler``; its JSON result."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests._pooler_scenarios", name, "--database", pooler.url]
-        + ["--mode", mode],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run ``tests.harness.programs.pooler_scenarios`` ``name`` through ``pooler``; its JSON
+    result."""
+    module = "tests.harness.programs.pooler_scenarios"
+    args = ("-m", module, name, "--database", pooler.url, "--mode", mode)
+    result: dict[str, Any] = run_python(*args, unset=("DJANGO_SETTINGS_MODULE",))
     return result
 
 

@@ -23,13 +23,13 @@ from django.db import connection, transaction
 import forksafe
 from forksafe._sessions import backend_id
 from forksafe.demo import _scenarios
-from tests._abandoned import (
+from tests.harness.scripts import run_python
+from tests.harness.sessions import (
     abandoned_after,
     abandoned_before,
     assert_none_abandoned,
     wait_sessions_gone,
 )
-from tests._scripts import run_python
 from tests.testapp.models import Item
 
 METHODS = ("fork", "spawn", "forkserver")

@@ -420,7 +420,7 @@ def run_rq_worker(block: Block, tmp_path: Path) -> None:
     from redis import Redis
     from rq import Queue, Worker
 
-    from tests._queues import REDIS_URL, require_redis
+    from tests.harness.queues import REDIS_URL, require_redis
 
     require_redis()
     (command,) = _commands(block)
@@ -608,7 +608,7 @@ def run_fleet(block: Block, tmp_path: Path) -> None:
     PgBouncer set up as the page says (``max_client_conn = 1000``, ``default_pool_size = 40``,
     transaction pooling): the output is the page's, addresses, database name and
     PostgreSQL's ``max_connections`` replaced. PostgreSQL only: once per row, with psycopg."""
-    from tests._pgbouncer import PgBouncer, require_pgbouncer
+    from tests.harness.pgbouncer import PgBouncer, require_pgbouncer
 
     driver = settings.FORKSAFE_TEST_DRIVER
     if driver != "psycopg":

@@ -16,8 +16,7 @@ import pytest
 from rq.worker import BaseWorker, RoundRobinWorker
 
 from forksafe.rq import WorkerMixin
-from tests._abandoned import settled_abandoned
-from tests._queues import (
+from tests.harness.queues import (
     REDIS_URL,
     python_module,
     require_heavy_driver,
@@ -26,6 +25,7 @@ from tests._queues import (
     unique_name,
     worker_env,
 )
+from tests.harness.sessions import settled_abandoned
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from django.db import connection, connections
 import forksafe
 from forksafe import _fork
 from forksafe._sessions import backend_id, own_connection
-from tests._forking import run_in_child
+from tests.harness.forking import run_in_child
 from tests.testapp.models import Item
 
 pytestmark = pytest.mark.usefixtures("db")

@@ -9,8 +9,8 @@ from forksafe._sessions import (
     backend_id,
     max_connections,
 )
-from tests._abandoned import abandoned_after, settled_abandoned, wait_sessions_gone
-from tests._forking import run_in_child
+from tests.harness.forking import run_in_child
+from tests.harness.sessions import abandoned_after, settled_abandoned, wait_sessions_gone
 
 
 def _query_and_close() -> int:

@@ -17,7 +17,6 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 import forksafe
-from tests.test_threads import conn_max_age, threads_installed  # noqa: F401 - fixtures
 
 
 def _djangos_thread_local_test(thread_class: Callable[..., threading.Thread]) -> None:

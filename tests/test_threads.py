@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -29,8 +29,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 import forksafe
 from forksafe._sessions import backend_id, count_sessions, quiet_sessions, settle_sessions
 from forksafe.demo import _scenarios
-from tests._abandoned import abandoned_before, assert_none_abandoned
-from tests._scripts import run_python
+from tests.harness.scripts import run_python
+from tests.harness.sessions import abandoned_before, assert_none_abandoned
 from tests.testapp.models import Item
 
 N_THREADS = 20
@@ -41,30 +41,6 @@ def URL() -> str:  # noqa: N802 - reads like the constant it is
 
     url: str = settings.FORKSAFE_TEST_URL
     return url
-
-
-@pytest.fixture
-def no_gc() -> Iterator[None]:
-    """Keep the cyclic GC from closing finished threads' connections behind our back."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
-
-
-@pytest.fixture
-def conn_max_age(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Set ``CONN_MAX_AGE`` of the default alias for the wrappers created in this test."""
-    settings_dict = connections.settings["default"]
-    old = settings_dict["CONN_MAX_AGE"]
-    settings_dict["CONN_MAX_AGE"] = request.param
-    try:
-        yield
-    finally:
-        settings_dict["CONN_MAX_AGE"] = old
 
 
 def sessions(vendor: str) -> int | None:
@@ -568,15 +544,6 @@ def test_closing_connections_rejects_bad_input() -> None:
 
 
 # --- install(threads=True) -------------------------------------------------------------------
-
-
-@pytest.fixture
-def threads_installed() -> Iterator[None]:
-    forksafe.install(threads=True)
-    try:
-        yield
-    finally:
-        forksafe.install(threads=False)  # the test-suite's setting
 
 
 def test_install_threads_closes_plain_threads_connections(

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import pytest
 
-from tests._abandoned import wait_sessions_gone
-from tests._ci import skip_or_fail
-from tests._prefork import SERVER_DRIVERS
-from tests._scripts import ROOT
+from tests.harness.ci import skip_or_fail
+from tests.harness.prefork import SERVER_DRIVERS
+from tests.harness.scripts import ROOT
+from tests.harness.sessions import wait_sessions_gone
 from uwsgi_examples.asgi_burst import Run, measure_server
 from uwsgi_examples.run import Server, binary, free_port, missing
 

@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,14 @@ import pytest
 
 from forksafe import uwsgi as forksafe_uwsgi
 from forksafe._sessions import list_sessions, settle_sessions
-from tests._abandoned import assert_none_abandoned, settled_abandoned, wait_sessions_gone
-from tests._prefork import (
+from tests.harness.prefork import (
     WORKERS,
     assert_own_sessions,
     backends_of,
     require_server,
-    session_baseline,
     wait_for_new_workers,
 )
+from tests.harness.sessions import assert_none_abandoned, settled_abandoned, wait_sessions_gone
 from uwsgi_examples.load import fire, get
 from uwsgi_examples.run import Server
 
@@ -38,17 +36,6 @@ from uwsgi_examples.run import Server
 @pytest.fixture(scope="module")
 def example_db(db_url: str, driver: str) -> str:
     return require_server("uwsgi", db_url, driver)
-
-
-@pytest.fixture
-def baseline(example_db: str) -> Iterator[int]:
-    yield from session_baseline(example_db)
-
-
-@pytest.fixture
-def abandoned(example_db: str) -> int:
-    """The server's settled count of abandoned sessions before the test's server starts."""
-    return settled_abandoned()
 
 
 def test_workers_each_get_their_own_session_under_a_thousand_concurrent_requests(

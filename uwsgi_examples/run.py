@@ -19,22 +19,22 @@ The :class:`Server` class does the same for the tests and the benchmark.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO
+from typing import Self
 
 HERE = Path(__file__).resolve().parent
-if not __package__:  # `python run.py`: make `uwsgi_examples.load` importable
+if not __package__:  # `python run.py`: make `uwsgi_examples` and `tests.harness` importable
     sys.path.insert(0, str(HERE.parent))
+
+# The one start/stop implementation of every process the tests start (a checkout's tests/).
+from tests.harness.processes import ManagedProcess, free_port  # noqa: E402
+
 CONFIGS = (
     "preforked",
     "threads",
@@ -95,14 +95,6 @@ _IN_USE_MESSAGES = ("address already in use", "connection in use")
 def _port_in_use(log: str) -> bool:
     text = log.lower()
     return any(message in text for message in _IN_USE_MESSAGES)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (it may be taken next)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def environment(
@@ -192,11 +184,19 @@ def migrate(database_url: str, *, settings: str | None = None) -> None:
     )
 
 
-class Server:
-    """One example server process group on 127.0.0.1, stopped for sure on exit."""
+class Server(ManagedProcess):
+    """One example server process group on 127.0.0.1, stopped for sure on exit.
 
+    The start/stop/log machinery is the tests' :class:`~tests.harness.processes.ManagedProcess`;
+    this class adds the example's command line, a free port (and another one when that
+    port is taken meanwhile) and "ready" meaning that one of its processes answers.
+    """
+
+    name = "the server"
+    #: uWSGI, uvicorn and daphne stop on SIGINT (gunicorn too, quickly: see graceful_signal).
+    stop_signal = signal.SIGINT
     #: The directory the server runs in (a subclass serving another project sets its own).
-    cwd: Path = HERE
+    cwd: Path | str | None = HERE
 
     def __init__(
         self,
@@ -213,10 +213,8 @@ class Server:
         self._database_url = database_url
         self._forksafe = forksafe
         self._extra_env = env or {}
+        super().__init__([])
         self._pick_port()
-        # Readable after stop() too; an anonymous file, gone with this object.
-        self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def _pick_port(self) -> None:
         self.port = free_port()
@@ -227,7 +225,7 @@ class Server:
             self._database_url, self.port, forksafe=self._forksafe, **self._extra_env
         )
 
-    def start(self, timeout: float = 60.0, attempts: int = 5) -> Server:
+    def start(self, timeout: float = 60.0, attempts: int = 5) -> Self:
         """Start it and wait until it answers (``RuntimeError`` with its log if it never does).
 
         :func:`free_port` can only say the port was free a moment ago: when some
@@ -235,31 +233,12 @@ class Server:
         again on another port (``attempts`` times at most).
         """
         for attempt in range(1, attempts + 1):
-            self._log.seek(0)
-            self._log.truncate()
-            self.proc = subprocess.Popen(
-                self.cmd,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
             try:
-                self.wait_ready(timeout)
-                return self
+                return super().start(timeout)
             except PortInUse:
-                self.stop()
                 if attempt == attempts:
                     raise
                 self._pick_port()
-            except BaseException:
-                # ``with Server(...)`` never reaches __exit__ when __enter__ raises: stop the
-                # whole process group here, or a half-started master keeps running (and keeps
-                # its database session) after the test.
-                self.stop()
-                raise
         raise AssertionError("not reached")
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -274,12 +253,9 @@ class Server:
         deadline = time.monotonic() + timeout
         last = "no answer"
         while True:
-            if self.proc.poll() is not None:
-                if _port_in_use(self.log()):
-                    raise PortInUse(f"port {self.port} is taken:\n{self.log()}")
-                raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.log()}")
             if _port_in_use(self.log()):
                 raise PortInUse(f"port {self.port} is taken:\n{self.log()}")
+            self.check_running()
             try:
                 pid = get(self.url, timeout=5).get("pid")
                 if pid == self.pid or pid in self.children():
@@ -294,68 +270,9 @@ class Server:
             time.sleep(0.1)
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the master / arbiter."""
-        os.kill(self.pid, signum)
-
-    def children(self) -> list[int]:
-        """The pids of the master's child processes (workers, mules...)."""
-        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-    def log(self) -> str:
-        """Everything the server printed so far (the last 20,000 characters)."""
-        # pread: the server's processes write through the same file offset; never move it.
-        fd = self._log.fileno()
-        size = os.fstat(fd).st_size
-        start = max(0, size - 80000)
-        return os.pread(fd, size - start, start).decode(errors="replace")[-20000:]
-
-    @property
     def graceful_signal(self) -> int:
         """The signal that stops this server gracefully (gunicorn: SIGTERM; SIGINT is quick)."""
         return signal.SIGTERM if self.config.startswith("gunicorn") else signal.SIGINT
-
-    def stop(
-        self, timeout: float = 20.0, signum: int | None = None, *, group: bool = False
-    ) -> int | None:
-        """Stop the server: ``signum`` (default SIGINT), then SIGKILL for the process group.
-
-        ``group``: send ``signum`` to the whole process group, as a terminal's Ctrl-C does,
-        instead of the first process alone. Returns the exit status when it stopped within
-        ``timeout`` after ``signum``, else None (it was killed).
-        """
-        if self.proc is None:
-            return None
-        status: int | None = None
-        if self.proc.poll() is None:
-            signum = signal.SIGINT if signum is None else signum
-            if group:
-                os.killpg(self.proc.pid, signum)
-            else:
-                self.proc.send_signal(signum)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                status = self.proc.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc = None
-        return status
-
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Running real ``rq worker`` and ``celery worker`` processes from the tests, with deadlines.
 
-Workers run in subprocesses with this worktree first on ``PYTHONPATH``, the
+Workers run as :class:`~tests.harness.processes.ManagedProcess` subprocesses
+(burst runs: :func:`run_worker`) with this worktree first on ``PYTHONPATH``, the
 run's driver settings (``tests.queues.settings`` on top of them) and a Redis
 database of their own (``FORKSAFE_TEST_REDIS_URL``, default database 5) with
 a queue name unique to each test. Closing "cleanly" is judged by the server's
@@ -11,7 +12,6 @@ test database, MariaDB's global ``Aborted_clients``).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from tests.harness.processes import ManagedProcess
+from tests.harness.scripts import ROOT
+
 REDIS_URL = os.environ.get("FORKSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY_DRIVERS = ("psycopg", "mysqlclient")
 
 
@@ -54,7 +56,7 @@ def worker_env(driver: str, **extra: str) -> dict[str, str]:
     """The environment of a worker subprocess for this run's driver."""
     env = dict(os.environ)
     env.update(
-        PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         DJANGO_SETTINGS_MODULE="tests.queues.settings",
         FORKSAFE_TEST_BASE_SETTINGS=f"tests.settings.{driver}",
         FORKSAFE_TEST_REDIS_URL=REDIS_URL,
@@ -76,40 +78,32 @@ def run_worker(args: list[str], env: dict[str, str], timeout: float = 90) -> str
     return output
 
 
-def start_worker(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    """Start a long-running worker; stop it with :func:`stop_worker`."""
-    return subprocess.Popen(
-        args,
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+class Worker(ManagedProcess):
+    """A long-running worker (``args``, from the checkout); :meth:`shutdown` stops it.
 
+    SIGTERM is a warm shutdown for both Celery and RQ: the worker finishes its
+    task and ends.
+    """
 
-def stop_worker(proc: subprocess.Popen[str], sig: int, timeout: float = 60) -> str:
-    """Send ``sig`` (SIGTERM: Celery's warm shutdown) and wait for the exit; its output."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate(timeout=10)
-        pytest.fail(f"the worker did not stop within {timeout}s:\n{output[-6000:]}")
-    return output
+    name = "the worker"
+    cwd = ROOT
+
+    def shutdown(self, timeout: float = 60) -> str:
+        """Warm shutdown (fails the test if it takes over ``timeout`` s); the worker's output."""
+        if self.running and self.stop(timeout) is None:
+            pytest.fail(f"{self.name} did not stop within {timeout}s:\n{self.log(6000)}")
+        return self.log(tail=None)
 
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-class CeleryWorker:
-    """A real ``celery worker`` on a queue of its own, and a client to call its tasks.
+class CeleryWorker(Worker):
+    """A real ``celery worker`` on a queue of its own, started, and a client to call its tasks.
 
     ``mode``: see ``tests.queues.celery_app``; ``plain``: without forksafe's Django app.
-    ``stop()`` is a warm shutdown (SIGTERM).
+    :meth:`shutdown` is a warm shutdown (SIGTERM).
     """
 
     def __init__(
@@ -153,8 +147,8 @@ class CeleryWorker:
         if max_tasks_per_child is not None:
             args += ["--max-tasks-per-child", str(max_tasks_per_child)]
         self.client = Celery("forksafe_test_client", broker=REDIS_URL, backend=REDIS_URL)
-        self.proc = start_worker(args, env)
-        self.output = ""
+        super().__init__(args, env)
+        self.start()
 
     def _result(self, name: str, args: tuple[Any, ...], timeout: float) -> Any:
         from celery.exceptions import TimeoutError as CeleryTimeout
@@ -165,7 +159,7 @@ class CeleryWorker:
         try:
             result.get(timeout=timeout, propagate=False)
         except CeleryTimeout:
-            pytest.fail(f"task {name} got no result within {timeout}s:\n{self.stop()[-6000:]}")
+            pytest.fail(f"task {name} got no result within {timeout}s:\n{self.shutdown()[-6000:]}")
         return result
 
     def call(self, name: str, *args: Any, timeout: float = 60) -> Any:
@@ -181,9 +175,10 @@ class CeleryWorker:
         assert result.failed(), f"{name} did not fail: {result.result!r}"
         return type(result.result).__name__
 
-    def stop(self) -> str:
+    def shutdown(self, timeout: float = 60) -> str:
         """Warm shutdown; the worker's output."""
-        if self.proc.returncode is None:
-            self.output = stop_worker(self.proc, signal.SIGTERM)
+        was_running = self.running
+        output = super().shutdown(timeout)
+        if was_running:
             self.client.close()
-        return self.output
+        return output

@@ -9,12 +9,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+#: The checkout (tests/harness/ is two levels below it).
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_python(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Any:
-    """``python ARGS`` from the repository root (``env`` added to this environment); its
-    last stdout line, parsed as JSON.
+def run_python(
+    *args: str,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
+) -> Any:
+    """``python ARGS`` from the repository root (``env`` added to this environment, the
+    variables ``unset`` left out); its last stdout line, parsed as JSON.
 
     Fails the test (with the script's stderr) when it exits non-zero or prints nothing.
     """
@@ -23,7 +29,11 @@ def run_python(*args: str, timeout: float = 120, env: dict[str, str] | None = No
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={
+            key: value
+            for key, value in {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}.items()
+            if key not in unset
+        },
         cwd=ROOT,
     )
     lines = proc.stdout.strip().splitlines()

@@ -15,20 +15,15 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 import urllib.parse
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
 from forksafe import _pooler
-from uwsgi_examples.run import free_port
+from tests.harness.processes import ManagedProcess, free_port, wait_listening
 
 #: The PgBouncer tests run for these drivers only: the pooler speaks PostgreSQL's protocol.
 DRIVERS = ("psycopg", "psycopg2")
@@ -55,12 +50,14 @@ def require_pgbouncer(driver: str) -> str:
     return exe
 
 
-class PgBouncer:
+class PgBouncer(ManagedProcess):
     """One PgBouncer in front of the database of ``db_url``, pooling in ``mode``.
 
     ``settings`` go into the ``[pgbouncer]`` section as they are (e.g.
-    ``{"default_pool_size": "5"}``).
+    ``{"default_pool_size": "5"}``). SIGTERM stops it (immediate shutdown).
     """
+
+    name = "pgbouncer"
 
     def __init__(
         self,
@@ -81,7 +78,7 @@ class PgBouncer:
         self.port = free_port()
         self.settings = settings or {}
         self.dir = Path(tempfile.mkdtemp(prefix="forksafe-pgbouncer-"))
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__([exe, str(self.dir / "pgbouncer.ini")])
 
     @property
     def url(self) -> str:
@@ -92,6 +89,7 @@ class PgBouncer:
         return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
     def _write_config(self) -> Path:
+        self.dir.mkdir(exist_ok=True)
         lines = [
             "[databases]",
             f"{self.dbname} = host={self.server_host} port={self.server_port} dbname={self.dbname}",
@@ -120,34 +118,14 @@ class PgBouncer:
             path.chmod(0o644)
         return ini
 
-    def start(self, timeout: float = 15.0) -> PgBouncer:
-        """Start it; wait (at most ``timeout`` s) until it listens."""
-        ini = self._write_config()
-        with open(self.dir / "pgbouncer.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [self.exe, str(ini)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(
-                    f"pgbouncer exited ({self.proc.returncode}):\n{self.log()[-3000:]}"
-                )
-            try:  # listening (the console may refuse this user: a test may want that)
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"pgbouncer did not listen in {timeout} s:\n{self.log()[-3000:]}"
-                    ) from None
-                time.sleep(0.05)
+    def start(self, timeout: float = 15.0) -> Self:
+        """Write its configuration, start it; wait (at most ``timeout`` s) until it listens."""
+        self._write_config()
+        return super().start(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        # Listening is enough (the console may refuse this user: a test may want that).
+        wait_listening(self, self.port, timeout)
 
     def show(self, what: str) -> list[dict[str, Any]]:
         """``SHOW <what>`` on the admin console, as one dict per row."""
@@ -176,40 +154,18 @@ class PgBouncer:
         """The client connections to the test database (the console's own left out)."""
         return [c for c in self.show("CLIENTS") if c["database"] == self.dbname]
 
-    def log(self) -> str:
-        """What PgBouncer logged so far."""
-        path = self.dir / "pgbouncer.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
     def unexpected_eofs(self) -> int:
         """Client connections that went away without a goodbye (PgBouncer's own log lines)."""
-        return self.log().count("client unexpected eof")
+        return self.log(tail=None).count("client unexpected eof")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (immediate shutdown), SIGKILL after ``timeout`` s; keeps the log readable."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-
-    def cleanup(self) -> None:
-        """Stop it and remove its directory."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> PgBouncer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
+    def stop(
+        self, timeout: float = 20.0, signum: int | None = None, *, group: bool = False
+    ) -> int | None:
+        """Stop it (SIGTERM: immediate shutdown) and remove its configuration; the log stays."""
+        try:
+            return super().stop(timeout, signum, group=group)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def tcp_ports_of(pid: int, remote_port: int) -> set[int]:

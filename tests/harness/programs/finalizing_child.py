@@ -1,6 +1,6 @@
 """A parent with two aliases connected forks a child that ends with interpreter finalization.
 
-    python -m tests._finalizing_child URL plain|forksafe
+    python -m tests.harness.programs.finalizing_child URL plain|forksafe
 
 Run as its own interpreter (``tests/test_child_reset.py``) so that the child
 exits the way real programs do: ``sys.exit()``, module teardown, deallocation

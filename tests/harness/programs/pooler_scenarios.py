@@ -1,6 +1,6 @@
 """Fork, process-pool and thread scenarios through a connection pooler, in a fresh interpreter.
 
-    python -m tests._pooler_scenarios fork|pool|threads --database URL --mode MODE
+    python -m tests.harness.programs.pooler_scenarios fork|pool|threads --database URL --mode MODE
 
 ``MODE``: ``plain`` (forksafe not even imported), ``forksafe`` (``install()``),
 ``detach`` (``install(close_before_fork=False)``: the parent keeps its
@@ -165,7 +165,7 @@ def scenario_threads(result: dict[str, Any]) -> None:
         t.join(DEADLINE)
     import urllib.parse
 
-    from tests._pgbouncer import tcp_ports_of
+    from tests.harness.pgbouncer import tcp_ports_of
 
     pooler_port = urllib.parse.urlsplit(result["database"]).port or 5432
     # Connections this process still holds to the pooler (the parent's one among them).
@@ -174,7 +174,7 @@ def scenario_threads(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests._pooler_scenarios")
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.programs.pooler_scenarios")
     parser.add_argument("scenario", choices=("fork", "pool", "threads"))
     parser.add_argument("--database", required=True)
     parser.add_argument("--mode", choices=("plain", "forksafe", "detach"), default="forksafe")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from forksafe._sessions import quiet_sessions
-from tests._ci import skip_or_fail
+from tests.harness.ci import skip_or_fail
 from uwsgi_examples.load import LoadResult, get
 from uwsgi_examples.run import Server, migrate, missing
 

@@ -1,6 +1,6 @@
 """Fork inside a transaction, in a fresh interpreter: plain Django vs forksafe.
 
-    python -m tests._transaction_fork SCENARIO MODE URL   (prints one JSON object)
+    python -m tests.harness.programs.transaction_fork SCENARIO MODE URL   (prints one JSON object)
 
 ``autocommit_off``: ``set_autocommit(False)``, insert a row, fork. The child
 counts the rows it can see, inserts and commits a row of its own; before the
@@ -24,7 +24,7 @@ import sys
 import warnings
 from typing import Any
 
-from tests._forking import wait_child
+from tests.harness.forking import wait_child
 
 TABLE = "forksafe_fork_rows"
 

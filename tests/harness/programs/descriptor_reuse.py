@@ -1,6 +1,6 @@
 """Fork while another thread holds a connection; the child opens sessions, then collects garbage.
 
-    python -m tests._descriptor_reuse MODE URL     (prints one JSON object)
+    python -m tests.harness.programs.descriptor_reuse MODE URL     (prints one JSON object)
 
 ``MODE``: ``forksafe`` (``install()`` before ``django.setup()``), ``plain`` (plain
 Django), or ``close_fds`` (plain Django, and the child ``os.close()``s the inherited
@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Any
 
-from tests._forking import wait_child
+from tests.harness.forking import wait_child
 
 
 def _answer(query: Any) -> int | str:
