@@ -129,7 +129,7 @@ def test_install_takes_a_celery_app() -> None:
 
 
 @pytest.mark.nodb
-@pytest.mark.parametrize("library", ["celery", "rq"])
+@pytest.mark.parametrize("library", ["celery", "rq", "dramatiq"])
 def test_missing_library_is_an_import_error_naming_the_extra(library: str) -> None:
     code = (
         f"import json, sys\nsys.modules[{library!r}] = None\n"

@@ -485,6 +485,31 @@ def run_celery_app(block: Block, tmp_path: Path) -> None:
     _ok(_run([PYTHON, "-c", script], project, _env(DJANGO_SETTINGS_MODULE="proj.settings")))
 
 
+def run_dramatiq_broker(block: Block, tmp_path: Path) -> None:
+    """The block as ``proj/dramatiq_broker.py`` of a generated project: importing it sets the
+    broker with forksafe's middleware, and a worker of it starts and stops."""
+    _once_per_row("The Dramatiq broker module")
+    pytest.importorskip("dramatiq")
+    project = _startproject(tmp_path, "proj")
+    assert block.code.startswith("# proj/dramatiq_broker.py\n"), block.code
+    (project / "proj" / "dramatiq_broker.py").write_text(block.code)
+    script = textwrap.dedent(
+        """\
+        import django
+        django.setup()
+        import dramatiq
+        import forksafe.dramatiq
+        from proj.dramatiq_broker import broker
+
+        assert dramatiq.get_broker() is broker
+        assert any(
+            isinstance(m, forksafe.dramatiq.ConnectionsMiddleware) for m in broker.middleware
+        )
+        """
+    )
+    _ok(_run([PYTHON, "-c", script], project, _env(DJANGO_SETTINGS_MODULE="proj.settings")))
+
+
 def run_lifespan_asgi(block: Block, tmp_path: Path) -> None:
     """The block as the generated project's ``asgi.py``, served by uvicorn: the lifespan
     startup and shutdown complete, a request is answered, SIGTERM stops it cleanly."""
@@ -672,6 +697,7 @@ RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "gunicorn-conf": run_gunicorn_conf,
     "rq-worker": run_rq_worker,
     "celery-app": run_celery_app,
+    "dramatiq-broker": run_dramatiq_broker,
     "lifespan-asgi": run_lifespan_asgi,
     "forksafe-settings": run_forksafe_settings,
     "leak-assertion": run_leak_assertion,

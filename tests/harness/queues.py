@@ -12,6 +12,7 @@ test database, MariaDB's global ``Aborted_clients``).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -182,3 +183,90 @@ class CeleryWorker(Worker):
         if was_running:
             self.client.close()
         return output
+
+
+class DramatiqWorker(Worker):
+    """A real ``dramatiq`` worker (processes x threads) on a queue of its own, and a client.
+
+    ``mode``: see ``tests.queues.dramatiq_app``; ``plain``: without forksafe's Django app.
+    """
+
+    def __init__(
+        self,
+        driver: str,
+        *,
+        mode: str = "forksafe",
+        processes: int = 1,
+        threads: int = 1,
+        conn_max_age: str | None = "None",
+        plain: bool = False,
+    ) -> None:
+        from dramatiq.brokers.redis import RedisBroker
+        from dramatiq.results.backends import RedisBackend
+
+        self.queue = unique_name("dramatiq")
+        env = worker_env(
+            driver, FORKSAFE_TEST_DRAMATIQ_MODE=mode, FORKSAFE_TEST_DRAMATIQ_QUEUE=self.queue
+        )
+        if plain:
+            env["FORKSAFE_TEST_PLAIN"] = "1"
+        if conn_max_age is not None:
+            env["FORKSAFE_TEST_CONN_MAX_AGE"] = conn_max_age
+        args = python_module(
+            "dramatiq",
+            "tests.queues.dramatiq_app",
+            "--processes",
+            str(processes),
+            "--threads",
+            str(threads),
+            "--queues",
+            self.queue,
+        )
+        self.client = RedisBroker(url=REDIS_URL, middleware=[])  # type: ignore[no-untyped-call]
+        self.results = RedisBackend(url=REDIS_URL)
+        super().__init__(args, env)
+        self.start()
+
+    def send(self, actor: str, *args: Any) -> Any:
+        """Enqueue a message for ``actor``; the message, to wait on with :meth:`result`."""
+        from dramatiq import Message
+
+        message: Message[Any] = Message(
+            queue_name=self.queue, actor_name=actor, args=args, kwargs={}, options={}
+        )
+        return self.client.enqueue(message)
+
+    def result(self, message: Any, timeout: float = 60) -> tuple[bool, Any]:
+        """(succeeded, result or the name of the exception's class) of a sent message."""
+        from dramatiq.results import ResultFailure, ResultTimeout
+
+        try:
+            value = message.get_result(backend=self.results, block=True, timeout=timeout * 1000)
+        except ResultFailure as exc:
+            return False, exc.orig_exc_type
+        except ResultTimeout:
+            pytest.fail(
+                f"{message.actor_name} got no result within {timeout}s:\n{self.shutdown()[-6000:]}"
+            )
+        return True, tuple(value) if isinstance(value, list) else value
+
+    def call(self, actor: str, *args: Any, timeout: float = 60) -> Any:
+        """Run ``actor``; its result (JSON lists become tuples)."""
+        ok, value = self.result(self.send(actor, *args), timeout)
+        assert ok, f"{actor} failed: {value}"
+        return value
+
+    def fail(self, actor: str, *args: Any, timeout: float = 60) -> str:
+        """Run ``actor``, which must fail; the name of its exception's class."""
+        ok, value = self.result(self.send(actor, *args), timeout)
+        assert not ok, f"{actor} did not fail: {value!r}"
+        return str(value)
+
+    def shutdown(self, timeout: float = 60, sig: int = signal.SIGTERM) -> str:
+        """Stop the worker with ``sig`` (SIGTERM and SIGINT are both warm); its output."""
+        was_running = self.running
+        if was_running and self.stop(timeout, sig) is None:
+            pytest.fail(f"{self.name} did not stop within {timeout}s:\n{self.log(6000)}")
+        if was_running:
+            self.client.close()
+        return self.log(tail=None)[-6000:]
