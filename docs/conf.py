@@ -67,14 +67,16 @@ nitpick_ignore_regex = [
     # The standard library, Django and the servers' own types, named in signatures.
     (
         r"py:.*",
-        r"(django|celery|rq|gunicorn|uwsgi|uwsgidecorators|asyncio|concurrent|"
+        r"(django|celery|rq|dramatiq|gunicorn|uwsgi|uwsgidecorators|asyncio|concurrent|"
         r"multiprocessing|multiprocess|threading|collections|contextlib|types|typing|os|gc|"
         r"argparse|pathlib|builtins)(\..*)?",
     ),
     (
         r"py:class",
         r"(Any|Callable|Awaitable|MutableMapping|Mapping|Iterator|Generator|"
-        r"Scope|Receive|Send|Message|ASGIApp|T|P|R|_T|Self|NoReturn)",
+        r"Scope|Receive|Send|Message|ASGIApp|T|P|R|_T|Self|NoReturn|"
+        # Dramatiq's, as its type hints name them (dramatiq is mocked: autodoc_mock_imports).
+        r"Broker|MessageProxy|WorkerThread|Worker)",
     ),
     # RQ's and Celery's types, imported for annotations only.
     (r"py:class", r"(Job|Queue|Execution|Celery)"),

@@ -70,6 +70,7 @@ __all__ = [
     "detach_sockets",
     "driver_of",
     "native_pools",
+    "pool_registries",
     "open_devnull",
     "park",
     "socket_reader",
@@ -291,17 +292,30 @@ def detach_sockets(readers: tuple[Callable[[], int], ...]) -> None:
             os.close(devnull)
 
 
-def native_pools() -> dict[str, Any] | None:
-    """Django's native psycopg pools (Django 5.1+) of this process, by alias, if any."""
+def pool_registries() -> list[dict[str, Any]]:
+    """Every dict, alias -> pool, of this process's connection pools.
+
+    Django's psycopg pools (Django 5.1+,
+    ``django.db.backends.postgresql.base.DatabaseWrapper._connection_pools``) and
+    forksafe's own (``forksafe._pool.POOLS``, used by ``forksafe.backends``).
+    Both are looked up, never imported: a process that uses neither has none.
+    """
     base = sys.modules.get("django.db.backends.postgresql.base")
-    pools: dict[str, Any] | None = getattr(
-        getattr(base, "DatabaseWrapper", None), "_connection_pools", None
-    )
-    return pools
+    django_pools = getattr(getattr(base, "DatabaseWrapper", None), "_connection_pools", None)
+    forksafe_pools = getattr(sys.modules.get("forksafe._pool"), "POOLS", None)
+    return [pools for pools in (django_pools, forksafe_pools) if pools is not None]
+
+
+def native_pools() -> dict[str, Any] | None:
+    """This process's pools by alias (Django's psycopg pools, forksafe's), if any."""
+    pools: dict[str, Any] = {}
+    for registry in pool_registries():
+        pools.update(registry)
+    return pools or None
 
 
 def detach_native_pools(devnull: int | None = None) -> int:
-    """Drop Django's native psycopg pools (Django 5.1+) inherited from the parent.
+    """Drop the pools inherited from the parent: Django's psycopg pools, forksafe's.
 
     ``django.db.backends.postgresql.base.DatabaseWrapper._connection_pools`` is a
     class-level dict: alias -> ``psycopg_pool.ConnectionPool``. The child gets a
@@ -311,15 +325,21 @@ def detach_native_pools(devnull: int | None = None) -> int:
     parent's (vanished) pool threads may have held at fork time.
 
     So: detach each idle connection, mark the pool closed so that its
-    ``__del__`` does nothing, park it, and forget it. The wrapper builds a new
+    ``__del__`` does nothing, park it, and forget it. forksafe's pools
+    (``forksafe._pool``) have the same ``_pool`` of idle connections and
+    ``_closed`` flag, and are dropped the same way. The wrapper builds a new
     pool in this process on its next connect (Django ticket #36957 tracks fork
     support upstream). ``devnull`` as for :func:`detach`.
 
     Returns the number of pooled connections detached.
     """
-    pools = native_pools()
-    if not pools:
-        return 0
+    count = 0
+    for pools in pool_registries():
+        count += _detach_pools(pools, devnull)
+    return count
+
+
+def _detach_pools(pools: dict[str, Any], devnull: int | None) -> int:
     count = 0
     for alias, pool in list(pools.items()):
         try:

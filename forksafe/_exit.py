@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+from typing import Any
 
 from forksafe import _closing, _drivers, _fork, _registry
 
@@ -74,9 +75,13 @@ def _close_thread_connections() -> None:
 
 
 def close_native_pools() -> None:
-    """Close Django's native psycopg pools (Django 5.1+); the reset dropped inherited ones."""
-    pools = _drivers.native_pools()
-    for alias, pool in list((pools or {}).items()):
+    """Close Django's native psycopg pools and forksafe's; the reset dropped inherited ones."""
+    for pools in _drivers.pool_registries():
+        _close_pools(pools)
+
+
+def _close_pools(pools: dict[str, Any]) -> None:
+    for alias, pool in list(pools.items()):
         try:
             pool.close()  # says goodbye on each idle session, stops the pool's threads
         except Exception:
@@ -86,8 +91,7 @@ def close_native_pools() -> None:
                 exc_info=True,
             )
         finally:
-            if pools is not None:
-                pools.pop(alias, None)
+            pools.pop(alias, None)
 
 
 def _at_exit() -> None:

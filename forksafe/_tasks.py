@@ -50,6 +50,8 @@ __all__ = [
     "in_transaction",
     "is_database_error",
     "run_task",
+    "take_interrupted",
+    "watch",
     "watch_interruptions",
 ]
 
@@ -74,13 +76,22 @@ def _watch_execute(
         raise
 
 
-def _watch(wrapper: BaseDatabaseWrapper) -> None:
+def watch(wrapper: BaseDatabaseWrapper) -> None:
+    """Flag ``wrapper`` (``_forksafe_interrupted``) when a non-database error interrupts a query."""
     if _watch_execute not in wrapper.execute_wrappers:
         wrapper.execute_wrappers.insert(0, _watch_execute)
 
 
+def take_interrupted(wrapper: BaseDatabaseWrapper) -> bool:
+    """Whether a query of ``wrapper``'s connection was interrupted; clears the flag."""
+    if getattr(wrapper, _FLAG, False):
+        setattr(wrapper, _FLAG, False)
+        return True
+    return False
+
+
 def _on_connection_created(sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
-    _watch(connection)
+    watch(connection)
 
 
 def watch_interruptions() -> None:
@@ -96,7 +107,7 @@ def watch_interruptions() -> None:
     )
     for wrapper in _closing.handler_wrappers():
         if wrapper.connection is not None:
-            _watch(wrapper)
+            watch(wrapper)
 
 
 def in_transaction() -> bool:
@@ -129,13 +140,13 @@ def between_tasks(error: BaseException | None = None) -> None:
     me = threading.get_ident()
     for wrapper in guard.wrappers():
         interrupted = bool(getattr(wrapper, _FLAG, False))
-        if interrupted:
-            setattr(wrapper, _FLAG, False)
         if wrapper.connection is None or getattr(wrapper, "_thread_ident", None) != me:
+            take_interrupted(wrapper)
             continue
         if not (interrupted or close_all):
             continue
         try:
+            # The flag is still set: a pooled backend's close() discards the connection.
             _closing.close_owned(wrapper, in_atomic="close", shared="close")
         except Exception:
             logger.warning(
@@ -144,6 +155,8 @@ def between_tasks(error: BaseException | None = None) -> None:
                 "an interrupted query" if interrupted else "a database error",
                 exc_info=True,
             )
+        finally:
+            take_interrupted(wrapper)
     apply_rules()
 
 
