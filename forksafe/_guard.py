@@ -168,8 +168,10 @@ _GUARDS = {
 
 
 def install() -> None:
-    """Wrap ``BaseDatabaseWrapper.ensure_connection``, ``commit``, ``rollback`` and ``close``
-    in the pid check, once."""
+    """Wrap Django's wrapper methods that reach the connection in the pid check, once.
+
+    ``BaseDatabaseWrapper.ensure_connection``, ``commit``, ``rollback`` and ``close``.
+    """
     from django.db.backends.base.base import BaseDatabaseWrapper
 
     # None: "not known" for a wrapper the registry never saw connect; its first use

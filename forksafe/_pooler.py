@@ -190,8 +190,11 @@ def _clients(row: dict[str, Any]) -> int:
 
 
 def declared_modes(databases: dict[str, Any], declared: Any) -> dict[str, str]:
-    """Alias -> pool mode from ``FORKSAFE["POOLER"]`` (a mode for every PostgreSQL alias,
-    or a dict alias -> mode); a ``None`` mode means "connects directly"."""
+    """Return the pool mode of each alias that ``FORKSAFE["POOLER"]`` declares.
+
+    ``declared`` is a mode for every PostgreSQL alias, or a dict alias -> mode; a
+    ``None`` mode means "connects directly".
+    """
     if isinstance(declared, str):
         return {
             alias: declared

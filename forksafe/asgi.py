@@ -236,8 +236,10 @@ ASGI_SERVERS = ("uvicorn", "daphne", "hypercorn", "granian")
 
 
 def server_running() -> bool:
-    """Whether this process looks like an ASGI server: one of :data:`ASGI_SERVERS` imported,
-    or Django's ASGI handler."""
+    """Whether this process looks like an ASGI server.
+
+    One of :data:`ASGI_SERVERS` is imported, or Django's ASGI handler.
+    """
     modules = sys.modules
     return "django.core.handlers.asgi" in modules or any(name in modules for name in ASGI_SERVERS)
 
