@@ -241,9 +241,10 @@ def socket_reader(raw: Any, driver: str) -> Callable[[], int] | None:
     """
     try:
         if driver == "psycopg":
-            pgconn = raw.pgconn
-            # The property's getter, bound: PQsocket() (raises once the connection is closed).
-            return functools.partial(type(pgconn).socket.__get__, pgconn)
+            # getattr(pgconn, "socket"): PQsocket(), raises once the connection is closed.
+            # getattr takes its arguments without a tuple, so the child writes neither a
+            # tuple nor the PGconn's reference count (each a page copied per fork).
+            return functools.partial(getattr, raw.pgconn, "socket")
         if driver in ("psycopg2", "MySQLdb"):
             return cast("Callable[[], int]", raw.fileno)  # raises once closed
         if driver == "pymysql":

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from forksafe import _closing, _drivers, _registry, signals
 from forksafe._closing import forget_connection, is_in_memory_sqlite
+from forksafe._forkmarks import GENERATION, IN_PYTHON_FORK, SOCKETS_DETACHED_PID, marks
 from forksafe._warnings import ForkSafeWarning
 
 if TYPE_CHECKING:
@@ -91,10 +92,9 @@ _left_in_atomic: list[weakref.ref[BaseDatabaseWrapper]] = []
 # The pid whose connections are all its own: set at import and after each reset.
 # ``after_fork_in_child()`` in this pid is a no-op.
 _reset_pid = os.getpid()
-# True from our ``before`` hook until our ``after_in_child`` / ``after_in_parent``
-# hook: a child that uses a connection while it is still True is running an
-# at-fork hook registered before ours (see _bypass_path()).
-_in_python_fork = False
+# What the hooks write at every fork is in ``marks`` (forksafe._forkmarks): whether a
+# fork is under way (IN_PYTHON_FORK, see _bypass_path()), the pid whose hook left the
+# reset for later (SOCKETS_DETACHED_PID, see _at_fork_in_child()), the generation.
 # Set in the parent, only read in a child (computing them there would write to pages it
 # shares with the parent): the signals whose held locks a child replaces (set by
 # register_hooks()) and whether forksafe._exit's atexit callback is registered.
@@ -117,9 +117,6 @@ _atomic_open = False
 # True until a fork found no registered connection inside an atomic block: one entered
 # before _patch_atomic() is not counted in _atomic_depth.
 _atomic_unsure = True
-# The pid of the process whose fork hook detached the inherited sockets and left the rest
-# of its reset for later (see _at_fork_in_child()); 0: none.
-_sockets_detached_pid = 0
 # pid -> the lock that lets one thread of that process finish its reset while the others
 # wait (a lock inherited from a parent may have been held by a thread that is gone).
 _reset_locks: dict[int, threading.Lock] = {}
@@ -298,7 +295,7 @@ def add_bypass_explainer(explain: Callable[[], str | None]) -> None:
 
 def _bypass_path() -> str:
     """Why this process was not reset when it was forked, and how to hook it properly."""
-    if _in_python_fork:
+    if marks[IN_PYTHON_FORK]:
         return (
             "an os.register_at_fork(after_in_child=...) hook registered before forksafe"
             " was imported used a connection before forksafe's reset ran. Hooks run in"
@@ -328,7 +325,7 @@ def detach_on_first_use(wrapper: BaseDatabaseWrapper) -> None:
     """
     raw = wrapper.connection
     pid = os.getpid()
-    if pid == _sockets_detached_pid:
+    if pid == marks[SOCKETS_DETACHED_PID]:
         finish_reset()  # the fork hook ran: not a bypass
     elif pid != _reset_pid and raw is not None:
         bypass = _Bypass(_bypass_path(), wrapper.alias, _drivers.driver_of(raw), type(wrapper))
@@ -362,7 +359,7 @@ def finish_reset() -> None:
     exit, by :func:`after_fork_in_child` and by :func:`stats`. Elsewhere, and
     when done already, it does nothing.
     """
-    if _sockets_detached_pid == os.getpid() != _reset_pid:
+    if marks[SOCKETS_DETACHED_PID] == os.getpid() != _reset_pid:
         _reset_once(clean_transactions=False, bypass=None)
 
 
@@ -371,7 +368,7 @@ def _reset_once(*, clean_transactions: bool, bypass: _Bypass | None) -> None:
     pid = os.getpid()
     # The forking thread, not the caller, owns what the child inherited from it: the main
     # thread of a forked child (threading's own at-fork hook made it so, keeping its ident).
-    thread = threading.main_thread().ident if pid == _sockets_detached_pid else None
+    thread = threading.main_thread().ident if pid == marks[SOCKETS_DETACHED_PID] else None
     if thread is None:
         thread = threading.get_ident()
     with _reset_locks.setdefault(pid, threading.Lock()):
@@ -432,7 +429,7 @@ def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None, threa
     debug = logger.isEnabledFor(logging.DEBUG)
     if _left_in_atomic:
         _left_in_atomic.clear()
-    if _options.freeze_gc and pid != _sockets_detached_pid:
+    if _options.freeze_gc and pid != marks[SOCKETS_DETACHED_PID]:
         gc.freeze()  # O(1) here; where the parent forked in C (uWSGI) the only freeze
     _reinit_signal_lock()  # before start_tracking(), which may connect the receiver
     _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
@@ -554,10 +551,9 @@ def hooks_installed() -> bool:
 
 def _at_fork_before() -> None:
     """The ``before`` hook of :func:`os.register_at_fork`: the pre-fork cleanup, never raising."""
-    global _in_python_fork
-    _in_python_fork = True
+    marks[IN_PYTHON_FORK] = True
     # The common fork: nothing changed since the last one, no cleanup, no receiver, no atomic
-    # block open. It reads four globals that hold True or False and writes one (see _changed).
+    # block open. It reads four globals that hold True or False and writes one list item.
     if _hooks_registered and (_changed or _slow_before or _atomic_open or _atomic_unsure):
         _before_fork()
 
@@ -633,8 +629,7 @@ def _prepare_child_reset() -> None:
 
 def _at_fork_in_parent() -> None:
     """The ``after_in_parent`` hook."""
-    global _in_python_fork
-    _in_python_fork = False
+    marks[IN_PYTHON_FORK] = False
 
 
 def _at_fork_in_child() -> None:
@@ -647,11 +642,15 @@ def _at_fork_in_child() -> None:
     those connections, the registry, the signal locks -- waits for
     :func:`finish_reset`, before the child's first use of a connection (or its
     exit), and costs a child that never uses one nothing. Every page the child
-    writes is a copy-on-write fault (README, "Where the child's time goes").
-    Some forks need it all at once (see :func:`_prepare_child_reset`).
+    writes is a copy-on-write fault (docs: "What a fork costs, in page faults"):
+    what it writes goes to ``marks``, one list. It also bumps the fork
+    generation of ``forksafe._thread_guard`` (which has no hook of its own: one
+    Python call per fork, not two). Some forks need the whole reset at once (see
+    :func:`_prepare_child_reset`).
     """
-    global _in_python_fork, _sockets_detached_pid
-    _in_python_fork = False
+    fork_marks = marks
+    fork_marks[IN_PYTHON_FORK] = False
+    fork_marks[GENERATION] += 1
     if not _hooks_registered:
         return
     try:
@@ -659,7 +658,7 @@ def _at_fork_in_child() -> None:
         if readers is None or _fork_resets_at_once:
             _reset_once(clean_transactions=False, bypass=None)
             return
-        _sockets_detached_pid = os.getpid()
+        fork_marks[SOCKETS_DETACHED_PID] = os.getpid()
         if _freeze_gc:
             gc.freeze()
         # _drivers.detach_sockets(readers), inlined: a call to another module touches its

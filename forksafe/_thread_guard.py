@@ -36,6 +36,7 @@ import weakref
 from typing import TYPE_CHECKING, Literal
 
 from forksafe import _closing, _registry
+from forksafe._forkmarks import GENERATION, marks
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -82,7 +83,7 @@ class Guard:
 
     def __init__(self, connecting: BaseDatabaseWrapper | None = None) -> None:
         self.pid = os.getpid()
-        self.generation = _generation
+        self.generation = marks[GENERATION]
         self.thread_id = threading.get_ident()
         # When an executor worker last applied Django's rules (time.monotonic()).
         self.rules_at = float("-inf")
@@ -129,18 +130,11 @@ class Guard:
 
 _local = threading.local()
 _enabled = False  # install(threads=True)
-# Bumped in the child of every os.fork(): a guard of an older generation came from the
-# parent. Cheaper than os.getpid() (a system call) on the per-task path; C-level forks
-# (uWSGI) do not bump it, but no executor worker thread survives those.
-_generation = 0
-
-
-def _forked() -> None:
-    global _generation
-    _generation += 1
-
-
-os.register_at_fork(after_in_child=_forked)
+# marks[GENERATION] is bumped in the child of every os.fork() by forksafe._fork's hook
+# (the package imports _fork before anything else; this module may not import it): a
+# guard of an older generation came from the parent. Cheaper than os.getpid() (a system
+# call) on the per-task path; C-level forks (uWSGI) do not bump it, but no executor
+# worker thread survives those.
 
 
 def current_guard(*, create: bool, connecting: BaseDatabaseWrapper | None = None) -> Guard | None:
@@ -161,7 +155,7 @@ def current_guard_fast() -> Guard | None:
     :func:`current_guard`'s ``os.getpid()``.
     """
     guard: Guard | None = getattr(_local, "guard", None)
-    if guard is None or guard.generation != _generation:
+    if guard is None or guard.generation != marks[GENERATION]:
         return None
     return guard
 

@@ -18,11 +18,14 @@ import pytest
 from tests.harness.scripts import run_python
 from tests.settings._base import url_for
 
-ROUNDS = 3
+ROUNDS = 5
 FORKS = 150
-# Per fork, over plain Django (measured: parent +3, child +11 to +28, with 4 aliases).
+# Per fork, over plain Django, medians of 5 rounds (measured, Python 3.11, 4 aliases:
+# parent -1 to +3, child +8 to +16; single rounds swing by about 5 either way with the
+# memory layout). The child's bound catches the +32 of a second at-fork hook or of a hook
+# that walks the registry; the layout noise stays under it.
 PARENT_BOUND = 15
-CHILD_BOUND = 45
+CHILD_BOUND = 25
 # One driver per server: the hooks' path does not depend on the driver otherwise.
 DRIVERS = ("psycopg", "mysqlclient")
 

@@ -696,3 +696,28 @@ def test_control_demo_plain_threads_leave_sessions(db_url: str) -> None:
     res = _scenarios.run("threads", db_url, mode="plain")
     assert res["parent_same_session"] is True
     assert res["sessions_left"] > 0, res
+
+
+def test_a_guard_inherited_through_a_fork_is_not_the_childs_on_the_per_task_path() -> None:
+    # The fork generation is bumped by forksafe's one after_in_child hook (_fork), which
+    # _thread_guard reads without importing it: a worker thread that forks must not take
+    # the parent's guard (and its connections) for its own between two tasks.
+    from forksafe import _thread_guard
+    from tests.harness.forking import run_in_child
+
+    def in_thread() -> tuple[bool, bool, bool]:
+        guard = _thread_guard.current_guard(create=True)
+        assert guard is not None
+        mine = _thread_guard.current_guard_fast() is guard
+
+        def child() -> tuple[bool, bool]:
+            return (
+                _thread_guard.current_guard_fast() is None,
+                _thread_guard.current_guard(create=False) is None,
+            )
+
+        child_none, child_slow_none = run_in_child(child)
+        return mine, child_none, child_slow_none
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        assert executor.submit(in_thread).result() == (True, True, True)
