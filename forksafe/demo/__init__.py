@@ -50,6 +50,9 @@ class _Row:
     group: str
     # "pool": Django's native pool (PostgreSQL + psycopg 3, Django 5.1+); "redis": RQ + Redis
     needs: str = ""
+    # Seconds the scenario may take. Plain rq.Worker can stall up to 60 s when it stops (RQ's
+    # pub/sub race that forksafe.rq.Worker avoids: forksafe/rq.py, WorkerMixin.unsubscribe).
+    timeout: float = 60
 
 
 ROWS = (
@@ -64,7 +67,7 @@ ROWS = (
     _Row("50 short threads, joined (forksafe.Thread)", "threads", "orm", "threads"),
     _Row("50 threading.Threads (install(threads=True))", "threads_any", "orm", "threads"),
     _Row("8-worker executor, 200 tasks, shutdown()", "executor", "orm", "threads"),
-    _Row("RQ worker, 5 jobs (a forked horse each)", "rq", "orm", "queues", "redis"),
+    _Row("RQ worker, 5 jobs (a forked horse each)", "rq", "orm", "queues", "redis", 150),
 )
 
 _EXPLANATION = """\
@@ -386,7 +389,9 @@ def _run(
             for mode in COMPARED_MODES:
                 label = f"{row.title} ({mode})"
                 bar.begin(label)
-                res = _scenarios.run(row.scenario, database, exit_path=row.exit_path, mode=mode)
+                res = _scenarios.run(
+                    row.scenario, database, exit_path=row.exit_path, mode=mode, timeout=row.timeout
+                )
                 verdict = _verdict(res)
                 table.append([row.title, mode, *_cells(res), verdict])
                 bar.end(label, verdict)
@@ -416,7 +421,7 @@ def _run(
         return _fail(f"a scenario failed: {first[-1] if first else exc}")
     except Exception as exc:  # migrate: CalledProcessError, TimeoutExpired
         bar.close()
-        return _fail(f"uWSGI scenario failed: {type(exc).__name__}: {_first_line(str(exc))}")
+        return _fail(f"a scenario failed: {type(exc).__name__}: {_first_line(str(exc))}")
     bar.close()
     if len(table) > 1:
         out.write(_EXPLANATION + (_SQLITE_EXPLANATION if sqlite else "") + "\n")
