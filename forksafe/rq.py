@@ -63,8 +63,17 @@ else:
 
 __all__ = ["SimpleWorker", "SpawnWorker", "Worker", "WorkerMixin"]
 
-# redis-py 8.x: stop(timeout=None) clears the run flag and joins; earlier: it only clears it.
-_STOP_TAKES_TIMEOUT = "timeout" in inspect.signature(PubSubWorkerThread.stop).parameters
+
+def _stop_takes_timeout() -> bool:
+    """Whether ``PubSubWorkerThread.stop`` takes ``timeout`` (redis-py 8.x; it then also joins)."""
+    try:
+        return "timeout" in inspect.signature(PubSubWorkerThread.stop).parameters
+    except (TypeError, ValueError):  # no signature to read (a stand-in, e.g. the docs' mocks)
+        return False
+
+
+# Earlier redis-py: stop() only clears the run flag.
+_STOP_TAKES_TIMEOUT = _stop_takes_timeout()
 
 
 class WorkerMixin(_Base):
