@@ -260,6 +260,9 @@ def call_at_first_request(callback: Callable[[], None]) -> None:
     In the server's event loop, before the request is handled: the ``forksafe``
     app uses it for what only applies under ASGI (the ``THREADS`` default, W005).
     """
+    if not callable(callback):
+        # Checked here: called at the first request, it would fail far from this line.
+        raise TypeError(f"call_at_first_request() takes a function, not {callback!r}")
     if callback not in _first_request_callbacks:
         _first_request_callbacks.append(callback)
 

@@ -420,3 +420,9 @@ def test_doctor_names_persistent_connections_when_an_asgi_server_is_installed() 
     assert len(findings) == 1 and findings[0].level == "info", findings
     assert "'default' CONN_MAX_AGE=60" in findings[0].message
     assert "CONN_MAX_AGE = 0" in findings[0].hint
+
+
+@pytest.mark.nodb
+def test_call_at_first_request_refuses_what_it_could_not_call() -> None:
+    with pytest.raises(TypeError, match="takes a function, not 'forksafe.checks'"):
+        forksafe.asgi.call_at_first_request("forksafe.checks")  # type: ignore[arg-type]
