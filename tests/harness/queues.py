@@ -66,6 +66,15 @@ def worker_env(driver: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def mode_env(*, plain: bool, conn_max_age: str | None) -> dict[str, str]:
+    """What a worker of ``tests.queues`` reads: ``plain`` (without forksafe's Django app) and
+    its ``CONN_MAX_AGE`` (a Python literal, e.g. ``"None"``; ``None``: the settings')."""
+    env = {"FORKSAFE_TEST_PLAIN": "1"} if plain else {}
+    if conn_max_age is not None:
+        env["FORKSAFE_TEST_CONN_MAX_AGE"] = conn_max_age
+    return env
+
+
 def run_worker(args: list[str], env: dict[str, str], timeout: float = 90) -> str:
     """Run a worker to its end (burst mode); fail the test with its output if it fails."""
     try:
@@ -121,11 +130,11 @@ class CeleryWorker(Worker):
         from celery import Celery
 
         self.queue = unique_name("celery")
-        env = worker_env(driver, FORKSAFE_TEST_CELERY_MODE=mode)
-        if plain:
-            env["FORKSAFE_TEST_PLAIN"] = "1"
-        if conn_max_age is not None:
-            env["FORKSAFE_TEST_CONN_MAX_AGE"] = conn_max_age
+        env = worker_env(
+            driver,
+            **mode_env(plain=plain, conn_max_age=conn_max_age),
+            FORKSAFE_TEST_CELERY_MODE=mode,
+        )
         args = python_module(
             "celery",
             "-A",
@@ -206,12 +215,11 @@ class DramatiqWorker(Worker):
 
         self.queue = unique_name("dramatiq")
         env = worker_env(
-            driver, FORKSAFE_TEST_DRAMATIQ_MODE=mode, FORKSAFE_TEST_DRAMATIQ_QUEUE=self.queue
+            driver,
+            **mode_env(plain=plain, conn_max_age=conn_max_age),
+            FORKSAFE_TEST_DRAMATIQ_MODE=mode,
+            FORKSAFE_TEST_DRAMATIQ_QUEUE=self.queue,
         )
-        if plain:
-            env["FORKSAFE_TEST_PLAIN"] = "1"
-        if conn_max_age is not None:
-            env["FORKSAFE_TEST_CONN_MAX_AGE"] = conn_max_age
         args = python_module(
             "dramatiq",
             "tests.queues.dramatiq_app",
