@@ -11,11 +11,10 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from tests.harness.queues import CeleryWorker, require_heavy_driver, require_redis
+from tests.harness.queues import CeleryWorker, worker_starter
 from tests.harness.scripts import ROOT
 from tests.harness.sessions import settled_abandoned
 
@@ -25,18 +24,7 @@ Start = Callable[..., CeleryWorker]
 @pytest.fixture
 def celery_worker(driver: str) -> Iterator[Start]:
     """Start workers with ``celery_worker(mode=..., ...)``; each is stopped at the end."""
-    require_heavy_driver(driver)
-    require_redis()
-    started: list[CeleryWorker] = []
-
-    def start(**options: Any) -> CeleryWorker:
-        worker = CeleryWorker(driver, **options)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.shutdown()
+    yield from worker_starter(CeleryWorker, driver)
 
 
 def _queries(worker: CeleryWorker, count: int) -> list[tuple[int, int]]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from dramatiq.middleware import Middleware
 
-from tests.harness.queues import DramatiqWorker, require_heavy_driver, require_redis
+from tests.harness.queues import DramatiqWorker, worker_starter
 from tests.harness.sessions import abandoned_after, settled_abandoned
 
 Start = Callable[..., DramatiqWorker]
@@ -25,18 +25,7 @@ Start = Callable[..., DramatiqWorker]
 @pytest.fixture
 def dramatiq_worker(driver: str) -> Iterator[Start]:
     """Start workers with ``dramatiq_worker(mode=..., ...)``; each is stopped at the end."""
-    require_heavy_driver(driver)
-    require_redis()
-    started: list[DramatiqWorker] = []
-
-    def start(**options: Any) -> DramatiqWorker:
-        worker = DramatiqWorker(driver, **options)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.shutdown()
+    yield from worker_starter(DramatiqWorker, driver)
 
 
 def _queries(worker: DramatiqWorker, count: int) -> list[tuple[int, int, int]]:

@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -278,3 +279,25 @@ class DramatiqWorker(Worker):
         if was_running:
             self.client.close()
         return self.log(tail=None)[-6000:]
+
+
+W = TypeVar("W", bound=Worker)
+
+
+def worker_starter(cls: Callable[..., W], driver: str) -> Iterator[Callable[..., W]]:
+    """For a fixture: yield ``start(**options)``, which starts a ``cls`` worker; stop them all.
+
+    Skips unless the driver runs real workers and Redis answers (fails instead under CI).
+    """
+    require_heavy_driver(driver)
+    require_redis()
+    started: list[W] = []
+
+    def start(**options: Any) -> W:
+        worker = cls(driver, **options)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.shutdown()
