@@ -29,17 +29,32 @@ class ChildFailed(AssertionError):
 
 
 def wait_child(pid: int, timeout: float = CHILD_TIMEOUT) -> int:
-    """Wait for child ``pid``; return its exit code. Past ``timeout``: SIGKILL, ChildFailed."""
+    """Wait for child ``pid``; return its exit code. Past ``timeout``: killed, ChildFailed."""
     deadline = time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status)
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _kill_hung(pid)
             raise ChildFailed(f"the child {pid} was still running after {timeout} s: killed")
         time.sleep(0.01)
+
+
+def _kill_hung(pid: int) -> None:
+    """Kill a hung child, after asking it for its threads' Python stacks.
+
+    pytest enables :mod:`faulthandler` for ``SIGABRT`` (writing to the original stderr), and
+    the child inherits it: the stacks show where it hung. ``SIGKILL`` if it outlives that.
+    """
+    os.kill(pid, signal.SIGABRT)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def fork_child(body: Callable[[], int], timeout: float = CHILD_TIMEOUT) -> int:
@@ -64,8 +79,7 @@ def _read_all(fd: int, pid: int, deadline: float, timeout: float) -> bytes:
         left = deadline - time.monotonic()
         ready, _, _ = select.select([fd], [], [], max(left, 0))
         if not ready:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _kill_hung(pid)
             raise ChildFailed(f"the child {pid} did not report within {timeout} s: killed")
         chunk = os.read(fd, 65536)
         if not chunk:
