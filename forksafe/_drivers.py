@@ -179,6 +179,14 @@ def detach(raw: Any, *, owned: bool, alias: str = "?", devnull: int | None = Non
     ``"closed-already"`` or ``"parked"``. Never raises.
     """
     driver = driver_of(raw)
+    if driver == "sqlalchemy":
+        # django-db-connection-pool gives Django a SQLAlchemy pool's proxy (a
+        # _ConnectionFairy). Kept: its finalizer would hand the connection back to the pool.
+        park(raw)
+        raw = raw.dbapi_connection
+        if raw is None:
+            return "closed-already"
+        driver = driver_of(raw)
     if driver == "sqlite3":
         park(raw)
         return "parked"
@@ -240,6 +248,9 @@ def socket_reader(raw: Any, driver: str) -> Callable[[], int] | None:
     a connection that is closed.
     """
     try:
+        if driver == "sqlalchemy":  # django-db-connection-pool: see detach()
+            inner = raw.dbapi_connection
+            return None if inner is None else socket_reader(inner, driver_of(inner))
         if driver == "psycopg":
             # getattr(pgconn, "socket"): PQsocket(), raises once the connection is closed.
             # getattr takes its arguments without a tuple, so the child writes neither a
@@ -297,14 +308,21 @@ def pool_registries() -> list[dict[str, Any]]:
     """Every dict, alias -> pool, of this process's connection pools.
 
     Django's psycopg pools (Django 5.1+,
-    ``django.db.backends.postgresql.base.DatabaseWrapper._connection_pools``) and
-    forksafe's own (``forksafe._pool.POOLS``, used by ``forksafe.backends``).
-    Both are looked up, never imported: a process that uses neither has none.
+    ``django.db.backends.postgresql.base.DatabaseWrapper._connection_pools``),
+    forksafe's own (``forksafe._pool.POOLS``, used by ``forksafe.backends``) and
+    django-db-connection-pool's SQLAlchemy ``QueuePool`` pools
+    (``dj_db_conn_pool.core.pool_container``, a dict subclass). All are looked
+    up, never imported: a process that uses none has none.
     """
     base = sys.modules.get("django.db.backends.postgresql.base")
     django_pools = getattr(getattr(base, "DatabaseWrapper", None), "_connection_pools", None)
     forksafe_pools = getattr(sys.modules.get("forksafe._pool"), "POOLS", None)
-    return [pools for pools in (django_pools, forksafe_pools) if pools is not None]
+    sqlalchemy_pools = getattr(sys.modules.get("dj_db_conn_pool.core"), "pool_container", None)
+    return [
+        pools
+        for pools in (django_pools, forksafe_pools, sqlalchemy_pools)
+        if isinstance(pools, dict)
+    ]
 
 
 def native_pools() -> dict[str, Any] | None:
@@ -340,12 +358,25 @@ def detach_native_pools(devnull: int | None = None) -> int:
     return count
 
 
+def _idle_connections(pool: Any) -> list[Any]:
+    """The raw connections idle in ``pool``: psycopg_pool's and forksafe's, or SQLAlchemy's."""
+    idle = pool._pool
+    records = getattr(idle, "queue", None)  # SQLAlchemy: a Queue of _ConnectionRecord
+    if records is None:
+        return list(idle)
+    return [r.dbapi_connection for r in list(records) if r.dbapi_connection is not None]
+
+
 def _detach_pools(pools: dict[str, Any], devnull: int | None) -> int:
+    # django-db-connection-pool guards its container with a lock that a thread of the
+    # parent may have held at fork time; that thread does not exist here.
+    lock = getattr(pools, "lock", None)
+    if lock is not None:
+        lock._at_fork_reinit()
     count = 0
     for alias, pool in list(pools.items()):
         try:
-            idle = list(getattr(pool, "_pool", ()))
-            for raw in idle:
+            for raw in _idle_connections(pool):
                 detach(raw, owned=True, alias=alias, devnull=devnull)
                 count += 1
             pool._closed = True  # psycopg_pool's __del__ returns early when closed

@@ -83,7 +83,10 @@ def close_native_pools() -> None:
 def _close_pools(pools: dict[str, Any]) -> None:
     for alias, pool in list(pools.items()):
         try:
-            pool.close()  # says goodbye on each idle session, stops the pool's threads
+            # Says goodbye on each idle session (and stops psycopg_pool's threads);
+            # SQLAlchemy's pools (django-db-connection-pool) call it dispose().
+            close = getattr(pool, "close", None) or pool.dispose
+            close()
         except Exception:
             logger.warning(
                 "forksafe: closing the native pool of %r before exit failed",
