@@ -70,6 +70,7 @@ __all__ = [
     "detach_sockets",
     "driver_of",
     "native_pools",
+    "pool_figures",
     "pool_registries",
     "open_devnull",
     "park",
@@ -331,6 +332,47 @@ def native_pools() -> dict[str, Any] | None:
     for registry in pool_registries():
         pools.update(registry)
     return pools or None
+
+
+def pool_figures() -> dict[str, dict[str, int]]:
+    """This process's pools by alias: ``size``, ``idle``, ``in_use``, ``max_size``, ...
+
+    forksafe's pools also report ``waits`` and ``timeouts`` (checkouts that waited for
+    a connection, and those that gave up), Django's psycopg pools ``waits`` (psycopg_pool's
+    ``requests_queued``) and ``timeouts`` (its ``requests_errors``). django-db-connection-pool's
+    ``max_size`` is its ``pool_size`` plus ``max_overflow``; it counts no waits.
+    """
+    figures: dict[str, dict[str, int]] = {}
+    for alias, pool in (native_pools() or {}).items():
+        try:
+            figures[alias] = _pool_figures(pool)
+        except Exception:  # a pool of a version that reads differently: no figures
+            logger.debug("forksafe: no figures for the pool of %r", alias, exc_info=True)
+    return figures
+
+
+def _pool_figures(pool: Any) -> dict[str, int]:
+    if hasattr(pool, "get_stats"):  # psycopg_pool (Django's native pool)
+        s = pool.get_stats()
+        size, idle = s.get("pool_size", 0), s.get("pool_available", 0)
+        return {
+            "size": size,
+            "idle": idle,
+            "in_use": size - idle,
+            "max_size": s.get("pool_max", 0),
+            "waits": s.get("requests_queued", 0),
+            "timeouts": s.get("requests_errors", 0),
+        }
+    if hasattr(pool, "checkedout"):  # SQLAlchemy's QueuePool (django-db-connection-pool)
+        idle, in_use = pool.checkedin(), pool.checkedout()
+        return {
+            "size": idle + in_use,
+            "idle": idle,
+            "in_use": in_use,
+            "max_size": pool.size() + max(pool._max_overflow, 0),
+        }
+    figures: dict[str, int] = pool.stats()  # forksafe's
+    return figures
 
 
 def detach_native_pools(devnull: int | None = None) -> int:

@@ -422,7 +422,10 @@ def stats() -> dict[str, dict[str, int]]:
     Django, returned to a native pool, or collected); ``detached`` inherited
     connections dropped after a fork; ``bypasses`` those of them that no fork
     hook reset, found by the pid check at their first use (uWSGI without
-    ``master``, ``fork()`` from C...). Covers every thread.
+    ``master``, ``fork()`` from C...). Covers every thread. An alias with a
+    connection pool in this process adds its figures, prefixed ``pool_``
+    (``pool_size``, ``pool_idle``, ``pool_in_use``, ``pool_max_size``, and where the
+    pool counts them ``pool_waits`` and ``pool_timeouts``: ``_drivers.pool_figures``).
     """
     pid = os.getpid()
     still_open: Counter[str] = Counter()
@@ -430,7 +433,8 @@ def stats() -> dict[str, dict[str, int]]:
         wrapper = entry.wrapper
         if entry.pid == pid and wrapper is not None and wrapper.connection is entry.raw:
             still_open[entry.alias] += 1
-    aliases = sorted(set(_opened) | set(_detached) | set(_bypassed) | set(still_open))
+    pools = _drivers.pool_figures()
+    aliases = sorted(set(_opened) | set(_detached) | set(_bypassed) | set(still_open) | set(pools))
     return {
         alias: {
             "opened": _opened[alias],
@@ -438,6 +442,7 @@ def stats() -> dict[str, dict[str, int]]:
             "closed": max(_opened[alias] - still_open[alias], 0),
             "detached": _detached[alias],
             "bypasses": _bypassed[alias],
+            **{f"pool_{key}": value for key, value in pools.get(alias, {}).items()},
         }
         for alias in aliases
     }

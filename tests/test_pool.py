@@ -283,8 +283,11 @@ def test_exhaustion_waits_up_to_timeout_then_names_the_alias_the_size_and_the_ch
     assert 0.5 <= waited < 5
     stats = _pool.POOLS[alias].stats()
     assert stats["timeouts"] == 1 and stats["waits"] == 1 and stats["in_use"] == 1
+    figures = forksafe.stats()[alias]
+    assert (figures["pool_timeouts"], figures["pool_in_use"], figures["pool_max_size"]) == (1, 1, 1)
     connections[alias].close()
     assert _pool.POOLS[alias].stats() == {**stats, "in_use": 0, "idle": 1}
+    assert (forksafe.stats()[alias]["pool_idle"], forksafe.stats()[alias]["pool_in_use"]) == (1, 0)
 
 
 def test_a_waiting_checkout_gets_the_connection_returned_meanwhile(pooled: MakeAlias) -> None:
@@ -479,6 +482,9 @@ def test_with_psycopg_3_the_pool_option_is_djangos_native_pool(db: None, driver:
         assert isinstance(connections["pool3"].pool, ConnectionPool)  # type: ignore[attr-defined]
         assert "pool3" not in _pool.POOLS
         assert _request("pool3") == first
+        figures = forksafe.stats()["pool3"]  # psycopg_pool's figures, read the same way
+        assert (figures["pool_in_use"], figures["pool_max_size"]) == (0, 2)
+        assert figures["pool_idle"] == figures["pool_size"] >= 1
     finally:
         connections["pool3"].close_pool()  # type: ignore[attr-defined]
         del connections["pool3"]
