@@ -140,16 +140,17 @@ def test_control_plain_gunicorn_uvicorn_workers_abandon_executor_sessions_at_sig
     assert run.abandoned is not None and run.abandoned > 0, run.summary()
 
 
-# --- Django's native pool ------------------------------------------------------------------
+# --- pools: Django's native pool, forksafe's ----------------------------------------------
 
 
-def test_native_pool_under_uvicorn_stays_within_its_size_and_closes_at_shutdown(
-    example_db: str, driver: str
+@pytest.mark.parametrize("pool", ["1", "dbcp"], ids=["native-or-forksafe", "dbcp"])
+def test_a_pool_under_uvicorn_stays_within_its_size_and_closes_at_shutdown(
+    example_db: str, pool: str
 ) -> None:
-    if driver != "psycopg":
-        pytest.skip("Django's native pool is PostgreSQL with psycopg 3 only")
+    """``OPTIONS["pool"]``: Django's native pool (psycopg 3), forksafe's (MariaDB); and
+    django-db-connection-pool's. Each at most 8 sessions (a process); goodbyes at shutdown."""
     paths = ["", "async", "async-unsafe"]
-    run = serve("uvicorn", example_db, paths, conn_max_age=0, env={"EXAMPLE_POOL": "1"})
+    run = serve("uvicorn", example_db, paths, conn_max_age=0, env={"EXAMPLE_POOL": pool})
     for path in paths:
         assert len(run.results[path].backends) <= 8, run.summary()  # the pool's max_size
         assert run.left[path] <= 8, run.summary()

@@ -3,8 +3,9 @@
 ``DATABASE_URL`` picks the database (default: an SQLite file beside this
 project); ``postgresql+psycopg2://`` and ``mysql+pymysql://`` choose a driver,
 as in ``forksafe demo``. ``EXAMPLE_CONN_MAX_AGE`` (default 600) is ``CONN_MAX_AGE``;
-``EXAMPLE_POOL=1`` uses Django's native pool instead (psycopg 3 only; ``CONN_MAX_AGE``
-0, as Django requires).
+``EXAMPLE_POOL=1`` uses a pool instead (``CONN_MAX_AGE`` 0, as Django requires): Django's
+native pool with psycopg 3, forksafe's (``forksafe.backends``) with the other drivers;
+``EXAMPLE_POOL=dbcp`` uses django-db-connection-pool's (SQLAlchemy's ``QueuePool``).
 
 Under ASGI (``asgi.py`` sets ``EXAMPLE_ASGI=1``) with ``EXAMPLE_FORKSAFE=1``, the
 ``forksafe`` app is installed, as the README recommends; ``EXAMPLE_FORKSAFE_THREADS``
@@ -25,9 +26,17 @@ select_driver(split_url(DATABASE_URL)[1])
 DATABASES = {"default": database_settings(DATABASE_URL)}
 # Persistent connections, as most deployments have them: each worker keeps its session.
 DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("EXAMPLE_CONN_MAX_AGE", "600"))
-if os.environ.get("EXAMPLE_POOL") == "1":
+_POOL = os.environ.get("EXAMPLE_POOL")
+if _POOL in ("1", "dbcp"):
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 8}
+    _vendor = DATABASES["default"]["ENGINE"].rpartition(".")[2]
+    if _POOL == "dbcp":
+        DATABASES["default"]["ENGINE"] = f"dj_db_conn_pool.backends.{_vendor}"
+        DATABASES["default"]["POOL_OPTIONS"] = {"POOL_SIZE": 8, "MAX_OVERFLOW": 0}
+    else:
+        if split_url(DATABASE_URL)[1] != "psycopg":
+            DATABASES["default"]["ENGINE"] = f"forksafe.backends.{_vendor}"
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 8}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 
