@@ -171,13 +171,22 @@ def test_other_threads_connections_survive_the_fork(keep_open: None) -> None:
 
 
 def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vendor: str) -> None:
-    """Stress: 4 threads keep querying while the main thread forks 200 times."""
+    """Stress: 4 threads keep querying while the main thread forks 200 times.
+
+    The forks start once every thread has connected: a fork while another thread is inside
+    ``connect()`` can leave OpenSSL's locks held in the child (PyMySQL builds an SSL context
+    on connect; measured on Python 3.13, the child then hangs in
+    ``ssl.create_default_context()``), a hazard of fork + threads that no library can undo.
+    """
     stop = threading.Event()
+    connected = threading.Barrier(5)
     errors: list[str] = []
     queries = [0]
 
     def worker() -> None:
         try:
+            _sessions.backend_id()
+            connected.wait(30)
             while not stop.is_set():
                 _sessions.backend_id()
                 queries[0] += 1
@@ -190,6 +199,7 @@ def test_fork_while_threads_query_200_times_without_errors(keep_open: None, vend
     for t in threads:
         t.start()
     parent_backend = _sessions.backend_id()
+    connected.wait(30)
     child_errors = 0
     try:
         for i in range(200):
