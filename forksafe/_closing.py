@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Outcome",
     "close_all",
+    "close_beside_running_loop",
     "close_owned",
     "forget_connection",
     "handler_wrappers",
@@ -182,4 +183,37 @@ def close_all(
             close_owned(wrapper, in_atomic=in_atomic, shared="skip")
         except Exception as exc:
             errors.append(exc)
+    return errors
+
+
+def close_beside_running_loop(wrappers: Iterable[BaseDatabaseWrapper]) -> list[BaseException]:
+    """Close the calling thread's ``wrappers`` while it runs an event loop; return the errors.
+
+    Django's ``close()`` refuses to run in a thread with a running loop
+    (``async_unsafe``). For the end of a server's life, when nothing else runs in
+    the loop's thread: the driver's connection is closed directly (a goodbye to the
+    server) and the wrapper forgets it. Left alone: another thread's wrapper, one
+    shared with other threads, and one inside ``atomic`` (the code that opened the
+    block still runs: asyncio.run() called inside a transaction).
+    """
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+    for wrapper in wrappers:
+        raw = wrapper.connection
+        if (
+            id(wrapper) in seen
+            or raw is None
+            or getattr(wrapper, "_thread_ident", None) != threading.get_ident()
+            or wrapper.allow_thread_sharing
+            or wrapper.in_atomic_block
+            or is_in_memory_sqlite(wrapper)
+        ):
+            continue
+        seen.add(id(wrapper))
+        try:
+            raw.close()
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            forget_connection(wrapper, clean=True)
     return errors

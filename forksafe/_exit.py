@@ -9,10 +9,11 @@ the process is worse: its ``min_size`` idle sessions are dropped the same way.
 
 :func:`close_own_connections` is what each integration calls just before its
 process ends (``forksafe.pools`` worker exit, ``forksafe.rq`` horses,
-``forksafe.celery`` pool processes); :func:`close_at_exit` makes a raw
-``os.fork()`` child that exits normally (``sys.exit``, end of script) call it
-from :mod:`atexit`. Only what *this* process opened is closed: inherited
-connections and pools are detached (no I/O) by the fork reset first.
+``forksafe.celery`` pool processes); :func:`close_at_exit` makes the process
+that installed forksafe and its raw ``os.fork()`` children call it from
+:mod:`atexit` when they exit normally (``sys.exit``, end of script). Only what
+*this* process opened is closed: inherited connections and pools are detached
+(no I/O) by the fork reset first.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ from forksafe import _closing, _drivers, _fork, _registry
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["close_at_exit", "close_native_pools", "close_own_connections"]
+__all__ = [
+    "close_at_exit",
+    "close_loop_thread_connections",
+    "close_native_pools",
+    "close_own_connections",
+]
 
 _registered = False  # inherited by forks: one atexit callback serves a whole lineage
-_registered_in = 0  # the pid that registered it
 
 
 def close_own_connections() -> None:
@@ -59,17 +64,40 @@ def close_own_connections() -> None:
         logger.warning("forksafe: closing this process's connections failed", exc_info=True)
 
 
-def _close_thread_connections() -> None:
+def _thread_wrappers() -> list[Any]:
+    """The calling thread's wrappers: Django's ``connections`` and the registry's.
+
+    The registry also sees what the thread opened outside the current context (asgiref's
+    ``Local`` keeps a thread's wrappers per context while it runs an event loop).
+    """
     me = threading.get_ident()
     registered = [
         wrapper
         for entry in _registry.entries_of_thread(os.getpid(), me)
         if (wrapper := entry.wrapper) is not None
     ]
-    wrappers = _closing.handler_wrappers() + registered
-    for exc in _closing.close_all(wrappers, in_atomic="close"):
+    return _closing.handler_wrappers() + registered
+
+
+def _close_thread_connections() -> None:
+    for exc in _closing.close_all(_thread_wrappers(), in_atomic="close"):
         logger.warning(
             "forksafe: closing a connection before the process exits failed",
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+
+
+def close_loop_thread_connections() -> None:
+    """Close what the calling thread opened, while it runs an event loop that is ending.
+
+    For an ASGI lifespan shutdown, in the loop's thread: the application may have
+    queried there while it loaded, and uvicorn re-raises ``SIGTERM`` right after the
+    shutdown (see ``forksafe.asgi.answer_lifespan_in_django``), so nothing later
+    closes it. Never raises: failures are logged.
+    """
+    for exc in _closing.close_beside_running_loop(_thread_wrappers()):
+        logger.warning(
+            "forksafe: closing a connection of the loop's thread at shutdown failed",
             exc_info=(type(exc), exc, exc.__traceback__),
         )
 
@@ -97,26 +125,23 @@ def _close_pools(pools: dict[str, Any]) -> None:
             pools.pop(alias, None)
 
 
-def _at_exit() -> None:
-    if os.getpid() != _registered_in:
-        close_own_connections()
-
-
 def close_at_exit() -> None:
-    """Run :func:`close_own_connections` when a fork of this process exits normally.
+    """Run :func:`close_own_connections` when this process or a fork of it exits normally.
 
     Registered once (``install()`` does it, in the parent): forks inherit both
     the :mod:`atexit` callback and the flag, and the callback closes only what
-    the exiting process opened. The process that registered it is left as
-    Django leaves it. Exits through ``os._exit`` (multiprocessing, billiard,
-    RQ) skip :mod:`atexit`; their integrations call
-    :func:`close_own_connections` themselves.
+    the exiting process opened. The process that registered it needs it too:
+    a driver that leaves the goodbye to the garbage collector sends none at
+    interpreter exit (PyMySQL: the server counts an aborted client; measured
+    with a uvicorn stopped by ``SIGINT`` after the application queried while
+    loading). Exits through ``os._exit`` (multiprocessing, billiard, RQ) skip
+    :mod:`atexit`; their integrations call :func:`close_own_connections`
+    themselves.
     """
-    global _registered, _registered_in
+    global _registered
     if not _registered:
-        atexit.register(_at_exit)
+        atexit.register(close_own_connections)
         _registered = True
-        _registered_in = os.getpid()
 
 
 # The fork hooks call it: in the parent at install(), in a child whose parent did not.

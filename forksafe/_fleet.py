@@ -71,20 +71,43 @@ class Group:
 
 
 def pool_size(db: Mapping[str, Any], threads: int) -> int | None:
-    """Sessions one process's native pool (Django 5.1+ ``OPTIONS["pool"]``) can hold.
+    """Sessions one process's pool of an alias can hold; None without a pool.
 
-    ``min_size`` are open from the start; beyond that the pool grows only to what
-    the threads check out at once, up to ``max_size`` (psycopg_pool: 4 and
-    ``min_size``). None without a pool.
+    Django 5.1+ native pool (``OPTIONS["pool"]``, psycopg_pool): ``min_size`` are open
+    from the start, beyond that the pool grows only to what the threads check out at
+    once, up to ``max_size`` (defaults 4 and ``min_size``). forksafe's pool
+    (``forksafe.backends.*`` without psycopg 3): the same with defaults 0 and 10.
+    django-db-connection-pool (``dj_db_conn_pool.backends.*``): up to ``POOL_SIZE`` +
+    ``MAX_OVERFLOW`` (defaults 10 and 10).
     """
+    engine = str(db.get("ENGINE") or "")
+    if engine.startswith("dj_db_conn_pool."):
+        options = db.get("POOL_OPTIONS") or {}
+        ceiling = int(options.get("POOL_SIZE", 10)) + max(int(options.get("MAX_OVERFLOW", 10)), 0)
+        return min(threads, ceiling)
     options = db.get("OPTIONS") or {}
     pool = options.get("pool") if isinstance(options, dict) else None
     if not pool:
         return None
     pool = pool if isinstance(pool, dict) else {}
-    min_size = int(pool.get("min_size", 4))
-    max_size = int(pool.get("max_size") or min_size)
+    if engine.startswith("forksafe.backends.") and not _native_pool(engine):
+        min_size = int(pool.get("min_size", 0))
+        max_size = int(pool.get("max_size", 10))
+    else:
+        min_size = int(pool.get("min_size", 4))
+        max_size = int(pool.get("max_size") or min_size)
     return max(min_size, min(threads, max_size))
+
+
+def _native_pool(engine: str) -> bool:
+    """Whether forksafe's backend ``engine`` defers to Django's native pool (psycopg 3)."""
+    if not engine.endswith(".postgresql"):
+        return False
+    try:
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+    except ImportError:  # neither driver: nothing will connect, the size does not matter
+        return False
+    return bool(is_psycopg3)
 
 
 def demand(

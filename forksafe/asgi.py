@@ -120,15 +120,17 @@ def _goodbye(executor: ThreadPoolExecutor | None, pools: bool) -> None:
 
 
 async def shutdown(*, pools: bool = True) -> None:
-    """Close the connections of the running loop's forksafe executor; close native pools.
+    """Close the running loop's connections and its forksafe executor's; close native pools.
 
-    Shuts down the executor :func:`install_default_executor` installed on this
+    Closes what the loop's own thread opened (the application queried while
+    loading), then shuts down the executor :func:`install_default_executor` installed on this
     loop, waiting (without blocking the loop) until each worker has closed its
     connections in its own thread; then, with ``pools``, closes Django's native
     connection pools of this process. For the end of a server's life (an ASGI
     lifespan shutdown): the loop's default executor accepts no more work after.
     """
     loop = _running_loop("shutdown")
+    _exit.close_loop_thread_connections()
     executor = _executors.get(loop)
     done: asyncio.Future[None] = loop.create_future()
 

@@ -45,7 +45,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
-from forksafe import _fleet, _fork, _pooler, _sessions, _uwsgi_facts, asgi, checks, conf
+from forksafe import _drivers, _fleet, _fork, _pooler, _sessions, _uwsgi_facts, asgi, checks, conf
 
 __all__ = [
     "DatabaseServer",
@@ -320,6 +320,33 @@ def _asgi_findings() -> list[Finding]:
 
 
 # --- databases --------------------------------------------------------------------------------
+
+
+def _pool_findings(threads: int) -> list[Finding]:
+    """One line per pooled alias: its bound per process and its figures in this process."""
+    figures = _drivers.pool_figures()
+    findings = []
+    for alias, db in _databases().items():
+        size = _fleet.pool_size(db, threads)
+        if size is None:
+            continue
+        now = figures.get(alias)
+        seen = (
+            "size {size}, idle {idle}, in use {in_use}, waits {waits}, timeouts {timeouts}".format(
+                **{"waits": 0, "timeouts": 0, **now}
+            )
+            if now
+            else "not opened yet"
+        )
+        findings.append(
+            Finding(
+                "info",
+                f"pool {alias!r}",
+                f"{db.get('ENGINE')}: up to {size} session(s) per process with {threads}"
+                f" thread(s); in this process: {seen}",
+            )
+        )
+    return findings
 
 
 def _server_key(alias: str) -> tuple[str, str]:
@@ -636,6 +663,7 @@ def run_doctor(
     findings.append(_start_method_finding(current, default))
     findings += _check_findings()
     findings += _asgi_findings()
+    findings += _pool_findings(t)
     databases = []
     for (vendor, address), aliases in _servers_of_databases().items():
         server, server_findings = inspect_server(vendor, address, aliases, p, t, poolers)

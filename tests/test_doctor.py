@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,25 @@ def test_demand_counts_processes_threads_and_aliases_and_native_pools() -> None:
     )
     assert server.demand == expected
     assert server.max_connections is not None and server.max_connections > 0
+
+
+def test_each_pooled_alias_gets_a_line_with_its_bound_and_this_process_figures() -> None:
+    if "pooled" not in settings.DATABASES:
+        pytest.skip("the test settings have a pooled alias with psycopg 3 only")
+    connections["pooled"].close()
+    with connections["pooled"].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    try:
+        (line,) = [f.message for f in run_doctor(threads=3).findings if f.topic == "pool 'pooled'"]
+    finally:
+        connections["pooled"].close()
+    # min_size 2, max_size 4: with 3 threads a process holds up to 3; this one holds one.
+    head = "django.db.backends.postgresql: up to 3 session(s) per process with 3 thread(s);"
+    assert line.startswith(head + " in this process: size ")
+    figures = dict(re.findall(r"(size|idle|in use|waits|timeouts) (\d+)", line))
+    assert int(figures["in use"]) >= 1
+    assert int(figures["size"]) == int(figures["idle"]) + int(figures["in use"]) <= 4
+    assert figures["timeouts"] == "0"
 
 
 @needs_server

@@ -11,9 +11,11 @@ import json
 import os
 from typing import Any
 
+import pytest
+
 import forksafe
 from forksafe._sessions import backend_id
-from tests.harness.queues import require_heavy_driver, worker_env
+from tests.harness.queues import mode_env, require_heavy_driver, worker_env
 from tests.harness.scripts import run_python
 from tests.harness.sessions import settled_abandoned
 
@@ -90,3 +92,42 @@ def test_raw_fork_child_exiting_normally_closes_its_sessions_and_native_pool(
     before = settled_abandoned()
     _raw_fork(driver, _aliases(driver))
     assert settled_abandoned() == before
+
+
+_MAIN_EXIT = """
+import os, sys, django
+django.setup()
+import forksafe
+from forksafe._sessions import backend_id
+if sys.argv[1] == "forksafe":
+    forksafe.install()
+for alias in sys.argv[2:]:
+    backend_id(alias)
+print("{}")  # then the interpreter exits: atexit runs
+"""
+
+
+def _main_exit(driver: str, mode: str) -> int:
+    before = settled_abandoned()
+    env = worker_env(driver, **mode_env(plain=mode == "plain", conn_max_age=None))
+    run_python("-c", _MAIN_EXIT, mode, *_aliases(driver), env=env)
+    after = settled_abandoned()
+    assert before is not None and after is not None
+    return after - before
+
+
+def test_the_process_that_installed_forksafe_says_goodbye_when_it_exits(
+    db: None, driver: str
+) -> None:
+    if driver == "sqlite3":
+        pytest.skip("SQLite has no server to say goodbye to")
+    assert _main_exit(driver, "forksafe") == 0
+
+
+def test_control_plain_pymysql_leaves_its_goodbye_to_the_garbage_collector(
+    db: None, driver: str
+) -> None:
+    """PyMySQL sends nothing when its connection is collected at interpreter exit."""
+    if driver != "pymysql":
+        pytest.skip("the drivers written in C say goodbye when collected")
+    assert _main_exit(driver, "plain") == 1

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from forksafe._fleet import FleetError, Group, budget, demand, load, parse, render
+from forksafe._fleet import FleetError, Group, budget, demand, load, parse, pool_size, render
 from forksafe._pooler import Pool, Pooler
 
 pytestmark = pytest.mark.nodb
@@ -173,3 +173,18 @@ def test_the_readme_example_is_a_valid_fleet_file(tmp_path: Path) -> None:
     groups = load(tmp_path / "fleet.toml", ["default"])
     assert [g.name for g in groups] == ["web", "celery"]
     assert demand(groups, {"default": {}}, ["default"])[0] == 6 * 8 * 4 + 3 * (16 + 2)
+
+
+def test_a_pool_size_follows_the_engine_that_provides_the_pool() -> None:
+    mysql = {"ENGINE": "forksafe.backends.mysql", "OPTIONS": {"pool": True}}
+    # forksafe's pool: min_size 0 and max_size 10 by default; it grows with the threads.
+    assert pool_size(mysql, threads=4) == 4
+    assert pool_size(mysql, threads=40) == 10
+    sized = {**mysql, "OPTIONS": {"pool": {"min_size": 3, "max_size": 6}}}
+    assert pool_size(sized, threads=1) == 3
+    # django-db-connection-pool: POOL_SIZE + MAX_OVERFLOW (10 + 10 by default).
+    dbcp = {"ENGINE": "dj_db_conn_pool.backends.mysql"}
+    assert pool_size(dbcp, threads=64) == 20
+    capped = {**dbcp, "POOL_OPTIONS": {"POOL_SIZE": 8, "MAX_OVERFLOW": 0}}
+    assert pool_size(capped, threads=64) == 8
+    assert pool_size({"ENGINE": "django.db.backends.mysql"}, threads=64) is None
