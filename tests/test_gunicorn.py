@@ -57,6 +57,24 @@ def test_gthread_workers_each_get_their_own_sessions(example_db: str) -> None:
     assert all(len(b) <= 4 for b in result.backends_by_pid.values()), result.backends_by_pid
 
 
+@pytest.mark.parametrize("pool", ["1", "dbcp"], ids=["native-or-forksafe", "dbcp"])
+def test_preloaded_gthread_workers_build_pools_of_their_own_within_max_size(
+    example_db: str, abandoned: int, pool: str
+) -> None:
+    """The arbiter queried through its pool while loading; each worker leaves that pool alone
+    and builds its own (Django's native pool with psycopg 3, forksafe's otherwise, or
+    django-db-connection-pool's), at most 8 sessions; at ``SIGTERM`` every session says
+    goodbye, the arbiter's pool included."""
+    env = {"EXAMPLE_WORKER_CLASS": "gthread", "EXAMPLE_THREADS": "4", "EXAMPLE_POOL": pool}
+    with Server("gunicorn", example_db, processes=2, env=env) as server:
+        result = fire(server.url, requests=400, concurrency=16, timeout=10)
+        assert server.stop(signum=signal.SIGTERM) == 0, server.log()
+    assert_own_sessions(result, workers=2)
+    assert all(len(b) <= 8 for b in result.backends_by_pid.values()), result.backends_by_pid
+    wait_sessions_gone(result.backends)
+    assert_none_abandoned(abandoned)
+
+
 def test_max_requests_recycled_workers_close_their_sessions_cleanly(
     example_db: str, abandoned: int
 ) -> None:

@@ -189,6 +189,27 @@ def test_threaded_workers_give_each_request_thread_its_own_session(
     assert settled_abandoned() == abandoned + 1
 
 
+@pytest.mark.parametrize("pool", ["1", "dbcp"], ids=["native-or-forksafe", "dbcp"])
+def test_threaded_workers_build_pools_of_their_own_within_max_size(
+    example_db: str, baseline: int, abandoned: int, pool: str
+) -> None:
+    """The master queried through its pool while loading; each worker leaves that pool alone
+    and builds its own (Django's native pool with psycopg 3, forksafe's otherwise, or
+    django-db-connection-pool's), at most 8 sessions, each closed with a goodbye at stop."""
+    with Server("threads", example_db, processes=2, env={"EXAMPLE_POOL": pool}) as server:
+        result = fire(server.url, requests=400, concurrency=16)
+        # The workers' pools keep what they opened (max_idle 600 s): the rest is the master's.
+        live = len(list_sessions() or [])
+        master = live - baseline - len(result.backends)
+    assert_own_sessions(result, workers=2)
+    assert all(len(b) <= 8 for b in result.backends_by_pid.values()), result.backends_by_pid
+    assert 1 <= master <= 8, (live, baseline, result.backends)
+    wait_sessions_gone(result.backends)
+    # Only what the master's pool held is lost at stop: uWSGI's master exits in C (see
+    # test_threaded_workers_give_each_request_thread_its_own_session).
+    assert settled_abandoned() - abandoned == master
+
+
 @pytest.mark.skipif(
     sys.version_info >= (3, 13),
     reason="uWSGI 2.0's py-call-osafterfork aborts workers on Python 3.13 with or without"
