@@ -129,6 +129,41 @@ def test_control_without_forksafe_the_task_after_a_timeout_mid_query_fails(
     assert "already in progress" in error or "out of sync" in error, error
 
 
+@pytest.mark.parametrize("installed", [True, False], ids=["forksafe", "control-plain-huey"])
+def test_a_periodic_task_failing_with_a_database_error_gets_its_connection_closed(
+    db: None, driver: str, installed: bool
+) -> None:
+    """The hooks belong to the Huey instance: periodic tasks get them as ``@task`` ones do."""
+    import threading
+
+    from huey import MemoryHuey, crontab
+
+    import forksafe.huey
+    from tests.harness.queues import require_heavy_driver
+    from tests.queues import jobs
+
+    require_heavy_driver(driver)
+    huey = MemoryHuey(f"forksafe-periodic-{installed}")
+    if installed:
+        forksafe.huey.install(huey)
+    periodic = huey.periodic_task(crontab(minute="*"))(jobs.database_error)
+    seen: list[bool] = []
+
+    def consumer_thread() -> None:
+        from django.db import connection
+
+        connection.ensure_connection()
+        huey.execute(periodic.s())
+        seen.append(connection.connection is None)
+        connection.close()
+
+    thread = threading.Thread(target=consumer_thread)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert seen == [installed]  # closed with forksafe; plain Huey keeps it
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 
