@@ -32,6 +32,11 @@ forksafe context (``ctx.Pool``, ``ctx.Process``, the executor) gets it:
   server-side count goes back to its baseline. A worker that dies without running Python
   code (``terminate()`` sends SIGTERM, SIGKILL, ``os._exit``) closes nothing; the kernel
   closes its sockets and the server ends those sessions when it reads EOF.
+
+For pools forksafe does not build (third-party code's own ``multiprocessing.Pool`` or
+``ProcessPoolExecutor`` under spawn/forkserver, Python 3.14's default on Linux):
+:func:`initializer` as the pool's initializer, or the opt-in :func:`cover_children`, which
+needs none. Both set Django up in the child and close its connections when it exits normally.
 """
 
 from __future__ import annotations
