@@ -1,4 +1,4 @@
-"""P6: task-queue throughput -- Celery tasks/s and RQ jobs/s, with and without forksafe.
+"""P6: task-queue throughput -- Celery and Huey tasks/s, RQ jobs/s, with and without forksafe.
 
 Real workers, started once each; then ``--repeat`` interleaved rounds send the same batch to
 each in turn and time it until every result is back. Every task/job runs one ``SELECT``
@@ -18,6 +18,11 @@ forking) vs ``plain rq``, an ``rq.Worker`` that sets Django up before forking to
 django-rq's ``rqworker`` does), and ``plain rq CLI``, ``rq worker`` as it comes, where each
 horse sets Django up for its job. The plain workers run without forksafe's app. The
 sessions each abandoned over the run are counted by the server.
+
+Huey (``huey_consumer -k thread`` or ``-k process``, ``--concurrency`` workers, plain
+``@task``): ``forksafe`` (``forksafe.huey.install(huey)``) vs ``plain huey`` (no forksafe,
+nothing closes a connection: the upper bound), both ``CONN_MAX_AGE=None``. The sessions each
+consumer abandoned at its ``SIGTERM`` stop are counted by the server.
 
 Uses the test-suite's worker harness (``tests.harness.queues``, importable from a checkout),
 Redis database 5 and the database of ``tests.settings.DRIVER`` (``FORKSAFE_TEST_POSTGRES_URL`` /
@@ -137,24 +142,71 @@ def bench_rq(driver: str, n: int, repeat: int) -> None:
         )
 
 
+HUEY_MODES = {"forksafe": ("forksafe", False), "plain huey": ("plain", True)}
+
+
+def _huey_round(worker: Any, n: int) -> float:
+    start = time.perf_counter()
+    handles = [worker.send("query") for _ in range(n)]
+    for handle in handles:
+        handle.get(blocking=True, timeout=120)
+    return n / (time.perf_counter() - start)
+
+
+def bench_huey(driver: str, n: int, repeat: int, concurrency: int, kind: str) -> None:
+    from tests.harness.queues import HueyWorker
+    from tests.harness.sessions import abandoned_after, settled_abandoned
+
+    workers = {
+        name: HueyWorker(driver, mode=mode, kind=kind, workers=concurrency, plain=plain)
+        for name, (mode, plain) in HUEY_MODES.items()
+    }
+    rates: dict[str, list[float]] = {name: [] for name in workers}
+    abandoned = dict.fromkeys(workers, 0)
+    try:
+        for worker in workers.values():
+            _huey_round(worker, concurrency * 4)  # every worker is up
+        for _ in range(repeat):
+            for name, worker in workers.items():
+                rates[name].append(_huey_round(worker, n))
+        for name, worker in workers.items():
+            before = settled_abandoned()
+            worker.shutdown()
+            abandoned[name] = abandoned_after(before, timeout=3) - before
+    finally:
+        for worker in workers.values():
+            worker.shutdown()
+    ours = statistics.median(rates["forksafe"])
+    print(f"Huey -k {kind} -w {concurrency}, {n} tasks x {repeat} rounds (median tasks/s)")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(
+            f"  {name:<16}{median:>10.0f}   forksafe/this {ours / median:>6.2f}x"
+            f"   abandoned at SIGTERM {abandoned[name]}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--driver", default="psycopg", choices=["psycopg", "mysqlclient"])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--tasks", type=int, default=300, help="Celery tasks per round")
+    parser.add_argument("--tasks", type=int, default=300, help="Celery and Huey tasks per round")
     parser.add_argument("--jobs", type=int, default=30, help="RQ jobs per round")
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--only", choices=["celery", "rq"])
+    parser.add_argument("--only", choices=["celery", "rq", "huey"])
+    parser.add_argument("--huey-kind", default="process", choices=["thread", "process"])
     args = parser.parse_args(argv)
 
     os.environ["DJANGO_SETTINGS_MODULE"] = f"tests.settings.{args.driver}"
     import django
 
     django.setup()
-    if args.only != "rq":
+    if args.only in (None, "celery"):
         bench_celery(args.driver, args.tasks, args.repeat, args.concurrency)
-    if args.only != "celery":
+    if args.only in (None, "rq"):
         bench_rq(args.driver, args.jobs, args.repeat)
+    if args.only in (None, "huey"):
+        bench_huey(args.driver, args.tasks, args.repeat, args.concurrency, args.huey_kind)
     return 0
 
 

@@ -53,7 +53,16 @@ myst_heading_anchors = 3
 # The README-block markers (``<!-- readme-test: NAME -->``) are HTML comments: MyST drops them.
 
 # The integrations import their library at import time; the docs build needs none of them.
-autodoc_mock_imports = ["celery", "dramatiq", "redis", "rq", "gunicorn", "uwsgi", "uwsgidecorators"]
+autodoc_mock_imports = [
+    "celery",
+    "dramatiq",
+    "huey",
+    "redis",
+    "rq",
+    "gunicorn",
+    "uwsgi",
+    "uwsgidecorators",
+]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True}
@@ -67,7 +76,7 @@ nitpick_ignore_regex = [
     # The standard library, Django and the servers' own types, named in signatures.
     (
         r"py:.*",
-        r"(django|celery|rq|dramatiq|gunicorn|uwsgi|uwsgidecorators|asyncio|concurrent|"
+        r"(django|celery|rq|dramatiq|huey|gunicorn|uwsgi|uwsgidecorators|asyncio|concurrent|"
         r"multiprocessing|multiprocess|threading|collections|contextlib|types|typing|os|gc|"
         r"argparse|pathlib|builtins)(\..*)?",
     ),

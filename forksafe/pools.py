@@ -32,6 +32,11 @@ forksafe context (``ctx.Pool``, ``ctx.Process``, the executor) gets it:
   server-side count goes back to its baseline. A worker that dies without running Python
   code (``terminate()`` sends SIGTERM, SIGKILL, ``os._exit``) closes nothing; the kernel
   closes its sockets and the server ends those sessions when it reads EOF.
+
+For pools forksafe does not build (third-party code's own ``multiprocessing.Pool`` or
+``ProcessPoolExecutor`` under spawn/forkserver, Python 3.14's default on Linux):
+:func:`initializer` as the pool's initializer, or the opt-in :func:`cover_children`, which
+needs none. Both set Django up in the child and close its connections when it exits normally.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ import logging
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.pool
+import multiprocessing.process
+import multiprocessing.util
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -52,7 +59,15 @@ from forksafe._setup import setup_django
 
 logger = logging.getLogger("forksafe")
 
-__all__ = ["LIBRARIES", "Pool", "Process", "ProcessPoolExecutor", "get_context"]
+__all__ = [
+    "LIBRARIES",
+    "Pool",
+    "Process",
+    "ProcessPoolExecutor",
+    "cover_children",
+    "get_context",
+    "initializer",
+]
 
 LIBRARIES = ("multiprocessing", "multiprocess")
 """The values ``library=`` accepts."""
@@ -347,3 +362,139 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         super().__init__(
             max_workers, ctx, initializer, initargs, max_tasks_per_child=max_tasks_per_child
         )
+
+
+# --- children of third-party code: plain multiprocessing pools and processes ----------------
+
+#: The exit priority of the finalizer that closes a covered child's connections
+#: (``multiprocessing.util.Finalize``; run by the child's ``_bootstrap`` after its target).
+_EXIT_PRIORITY = 0
+
+
+def _close_at_child_exit() -> None:
+    """In a child: close its connections when multiprocessing ends it normally.
+
+    multiprocessing ends a child with ``os._exit()`` (no :mod:`atexit`), after
+    ``util._exit_function()`` ran the finalizers registered with an exit priority: the
+    exit path forksafe's own workers take (:func:`_worker_exiting`). Registered once.
+    """
+    registry: dict[Any, Any] = multiprocessing.util._finalizer_registry  # type: ignore[attr-defined]
+    if not any(
+        getattr(finalizer, "_callback", None) is _exit.close_own_connections
+        for finalizer in list(registry.values())
+    ):
+        multiprocessing.util.Finalize(
+            None, _exit.close_own_connections, exitpriority=_EXIT_PRIORITY
+        )
+
+
+class _Initializer:
+    """What :func:`initializer` returns: picklable, so spawn/forkserver children get it."""
+
+    def __init__(self, settings_module: str | None, chained: tuple[Callable[..., object], ...]):
+        self.settings_module = settings_module
+        self.chained = chained
+
+    def __call__(self, *initargs: Any) -> None:
+        _setup_django(self.settings_module)
+        _close_at_child_exit()
+        for init in self.chained:
+            init(*initargs)
+
+    def __repr__(self) -> str:
+        names = ", ".join(getattr(f, "__qualname__", repr(f)) for f in self.chained)
+        return f"forksafe.pools.initializer({names})"
+
+
+def initializer(*chained: Callable[..., object]) -> Callable[..., None]:
+    """A pool initializer that sets Django up in the worker and closes its sessions at exit.
+
+    For pools forksafe does not build: ``multiprocessing.Pool(initializer=
+    forksafe.pools.initializer())``, ``concurrent.futures.ProcessPoolExecutor(
+    initializer=forksafe.pools.initializer(my_init), initargs=(...))``. In each worker,
+    first ``django.setup()`` from the parent's settings module (spawn/forkserver
+    children start without Django: ``AppRegistryNotReady``), then the worker's
+    connections are set to close when it exits normally (``maxtasksperchild``,
+    ``close()``/``join()``, the executor's ``shutdown()``), then each of ``chained`` is
+    called in order with the pool's ``initargs``. Call it in the parent: it reads the
+    settings module there (``ImproperlyConfigured`` for ``settings.configure()``
+    settings, as :func:`forksafe.get_context` does). A chained initializer that is not callable is
+    a ``TypeError`` naming it.
+
+    Unlike forksafe's own pools, the worker's target and initializer are unpickled
+    before this runs: a module that imports models at the top level cannot be the
+    pool's target module (use :func:`cover_children` or forksafe's pools for that).
+    """
+    for position, init in enumerate(chained, 1):
+        if not callable(init):
+            raise TypeError(
+                f"forksafe.pools.initializer(): chained initializer #{position} must be"
+                f" callable, not {init!r}"
+            )
+    return _Initializer(_settings_module_to_carry(), tuple(chained))
+
+
+# The key of forksafe's entry in ``current_process()._config``.
+_CONFIG_KEY = "forksafe_cover_children"
+
+
+class _CoverChild:
+    """In ``current_process()._config``: unpickled in each spawn/forkserver child first."""
+
+    def __init__(self, settings_module: str | None) -> None:
+        self.settings_module = settings_module
+
+    def __reduce__(self) -> tuple[Callable[[str | None], _CoverChild], tuple[str | None]]:
+        return (_cover_child, (self.settings_module,))
+
+
+def _cover_child(settings_module: str | None) -> _CoverChild:
+    """While a child unpickles its process object: set Django up; close at exit (later)."""
+    _setup_django(settings_module)
+    # The child's _bootstrap clears the finalizers before the target runs, then calls
+    # the after-fork callbacks: register the exit closing from there.
+    multiprocessing.util.register_after_fork(_COVER_ANCHOR, _after_bootstrap)
+    return _CoverChild(settings_module)  # grandchildren are covered too
+
+
+class _Anchor:
+    """A long-lived object for ``register_after_fork`` (its registry holds values weakly)."""
+
+
+_COVER_ANCHOR = _Anchor()
+
+
+def _after_bootstrap(_: object) -> None:
+    _close_at_child_exit()
+
+
+def cover_children(enabled: bool = True) -> None:
+    """Make every plain multiprocessing child this process starts from now on forksafe.
+
+    Opt-in, for third-party code that builds ``multiprocessing.Pool`` /
+    ``ProcessPoolExecutor`` / ``Process`` itself (Python 3.14 makes ``forkserver`` the
+    default start method on Linux): in each spawn/forkserver child, Django is set up
+    from this process's settings module before the child's target, arguments and
+    initializer are unpickled (so modules that import models at the top level work),
+    and the child's connections are closed when it exits normally. Fork children are
+    left to :func:`forksafe.install`'s fork hooks. ``cover_children(False)`` stops it.
+
+    Raises ``ImproperlyConfigured`` when the settings came from ``settings.configure()``.
+    """
+    # How: every BaseProcess copies current_process()._config when it is created, and
+    # spawn/forkserver pickle the process object, _config first (set in __init__ before
+    # the target and args), for the child to unpickle before it bootstraps:
+    # https://github.com/python/cpython/blob/v3.11.7/Lib/multiprocessing/process.py#L80-L94
+    # ("Everything in self._config will be inherited by descendant processes", L414).
+    # An entry there whose unpickling sets Django up runs in every child, for every pool
+    # class, start method and library version, with no monkeypatching of multiprocessing.
+    # A forkserver preload module would set Django up only once, in the server, and never
+    # for spawn; the preparation data (spawn.get_preparation_data) is a fixed set of keys
+    # that the child's prepare() reads, with no place for ours. The exit closing goes
+    # through util.register_after_fork: _bootstrap clears the finalizers that unpickling
+    # registered, then runs the after-fork callbacks (util.py, _run_after_forkers).
+    config: dict[str, Any] = multiprocessing.process.current_process()._config  # type: ignore[attr-defined]
+    if enabled:
+        config[_CONFIG_KEY] = _CoverChild(_settings_module_to_carry())
+    else:
+        config.pop(_CONFIG_KEY, None)

@@ -510,6 +510,27 @@ def run_dramatiq_broker(block: Block, tmp_path: Path) -> None:
     _ok(_run([PYTHON, "-c", script], project, _env(DJANGO_SETTINGS_MODULE="proj.settings")))
 
 
+def run_huey_app(block: Block, tmp_path: Path) -> None:
+    """The block as ``proj/tasks.py`` of a generated project: importing it hooks forksafe's
+    rules into the Huey instance (Huey connects to Redis only when used)."""
+    _once_per_row("The Huey tasks module")
+    pytest.importorskip("huey")
+    project = _startproject(tmp_path, "proj")
+    assert block.code.startswith("# proj/tasks.py\n"), block.code
+    (project / "proj" / "tasks.py").write_text(block.code)
+    script = textwrap.dedent(
+        """\
+        import django
+        django.setup()
+        from proj.tasks import huey
+
+        for hooks in (huey._pre_execute, huey._post_execute, huey._startup, huey._shutdown):
+            assert list(hooks) == ["forksafe"], hooks
+        """
+    )
+    _ok(_run([PYTHON, "-c", script], project, _env(DJANGO_SETTINGS_MODULE="proj.settings")))
+
+
 def run_lifespan_asgi(block: Block, tmp_path: Path) -> None:
     """The block as the generated project's ``asgi.py``, served by uvicorn: the lifespan
     startup and shutdown complete, a request is answered, SIGTERM stops it cleanly."""
@@ -698,6 +719,7 @@ RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "rq-worker": run_rq_worker,
     "celery-app": run_celery_app,
     "dramatiq-broker": run_dramatiq_broker,
+    "huey-app": run_huey_app,
     "lifespan-asgi": run_lifespan_asgi,
     "forksafe-settings": run_forksafe_settings,
     "leak-assertion": run_leak_assertion,

@@ -301,3 +301,94 @@ def worker_starter(cls: Callable[..., W], driver: str) -> Iterator[Callable[...,
     yield start
     for worker in started:
         worker.shutdown()
+
+
+class HueyWorker(Worker):
+    """A real ``huey_consumer`` (``-k thread`` or ``-k process``) on a Huey of its own.
+
+    ``mode``: see ``tests.queues.huey_app``; ``plain``: without forksafe's Django app.
+    :meth:`shutdown` sends ``SIGTERM`` (Huey: stop now; ``SIGINT`` is its graceful stop).
+    """
+
+    def __init__(
+        self,
+        driver: str,
+        *,
+        mode: str = "forksafe",
+        kind: str = "thread",
+        workers: int = 1,
+        conn_max_age: str | None = "None",
+        plain: bool = False,
+    ) -> None:
+        from huey import RedisHuey
+
+        self.queue = unique_name("huey")
+        env = worker_env(
+            driver,
+            **mode_env(plain=plain, conn_max_age=conn_max_age),
+            FORKSAFE_TEST_HUEY_MODE=mode,
+            FORKSAFE_TEST_HUEY_NAME=self.queue,
+        )
+        args = python_module(
+            "huey.bin.huey_consumer",
+            "tests.queues.huey_app.huey",
+            "--worker-type",
+            kind,
+            "--workers",
+            str(workers),
+            "--no-periodic",
+            "--delay",
+            "0.05",
+            "--max-delay",
+            "0.2",
+        )
+        self.client = RedisHuey(self.queue, url=REDIS_URL)
+        self._tasks: dict[str, Any] = {}
+        super().__init__(args, env)
+        self.start()
+
+    def _stub(self, name: str) -> Any:
+        """A client-side task that enqueues the worker's ``tests.queues.huey_app.<name>``."""
+        if name not in self._tasks:
+
+            def task(*args: Any) -> None:
+                raise AssertionError("runs in the worker")
+
+            task.__module__ = "tests.queues.huey_app"
+            self._tasks[name] = self.client.task(name=name)(task)
+        return self._tasks[name]
+
+    def send(self, name: str, *args: Any) -> Any:
+        """Enqueue task ``name``; its result handle, to wait on with :meth:`result`."""
+        return self._stub(name)(*args)
+
+    def result(self, handle: Any, timeout: float = 60) -> tuple[bool, Any]:
+        """(succeeded, result or the ``repr`` of the exception) of a sent task."""
+        from huey.exceptions import HueyException, TaskException
+
+        try:
+            value = handle.get(blocking=True, timeout=timeout)
+        except TaskException as exc:
+            return False, str(exc.metadata.get("error"))
+        except HueyException:
+            pytest.fail(f"a Huey task got no result within {timeout}s:\n{self.shutdown()[-6000:]}")
+        return True, tuple(value) if isinstance(value, list) else value
+
+    def call(self, name: str, *args: Any, timeout: float = 60) -> Any:
+        """Run task ``name``; its result (lists become tuples)."""
+        ok, value = self.result(self.send(name, *args), timeout)
+        assert ok, f"{name} failed: {value}"
+        return value
+
+    def fail(self, name: str, *args: Any, timeout: float = 60) -> str:
+        """Run task ``name``, which must fail; the ``repr`` of its exception."""
+        ok, value = self.result(self.send(name, *args), timeout)
+        assert not ok, f"{name} did not fail: {value!r}"
+        return str(value)
+
+    def shutdown(self, timeout: float = 60, sig: int = signal.SIGTERM) -> str:
+        """Stop the consumer with ``sig``; its output."""
+        was_running = self.running
+        if was_running and self.stop(timeout, sig) is None:
+            pytest.fail(f"{self.name} did not stop within {timeout}s:\n{self.log(6000)}")
+        return self.log(tail=None)[-6000:]
