@@ -1,0 +1,47 @@
+"""gevent integration: patch the standard library, then close each greenlet's connections.
+
+.. code-block:: python
+
+    # first lines of the program, before Django is imported
+    import forksafe.gevent
+
+    forksafe.gevent.patch_all()
+
+gunicorn's gevent worker (``-k gevent``) patches by itself: there the
+``forksafe.gunicorn`` hooks in ``gunicorn.conf.py`` are enough (gevent calls
+forksafe's ``did_patch_all`` plugin after its patch). See ``forksafe._green``
+for how a greenlet's end is seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+try:
+    import gevent.monkey
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError("forksafe.gevent needs gevent: pip install 'forksafe[gevent]'") from exc
+
+from forksafe import _green
+
+__all__ = ["patch_all"]
+
+
+def patch_all(**kwargs: Any) -> None:
+    """Patch as :func:`gevent.monkey.patch_all` (same keywords), psycopg2 too; close per greenlet.
+
+    With psycogreen installed, psycopg2 waits through gevent's hub
+    (``psycogreen.gevent.patch_psycopg``) instead of blocking the whole process
+    on every query. Then every greenlet that connects closes its connections
+    when it ends (``forksafe._green``). Call it before Django is imported.
+    """
+    gevent.monkey.patch_all(**kwargs)
+    try:
+        from psycogreen.gevent import patch_psycopg
+    except ImportError:
+        pass
+    else:
+        with contextlib.suppress(ImportError):  # psycopg2 is not installed: nothing to patch
+            patch_psycopg()
+    _green.enable()
