@@ -39,9 +39,14 @@ def pre_fork(server: Any, worker: Any) -> None:
     request, so it keeps no idle session and the worker inherits nothing to
     detach (one with an open cursor or inside a transaction is kept).
     This is :func:`forksafe.prepare_fork` (``forksafe.install()``'s at-fork hook
-    closes nothing by default: the worker detaches what it inherits either way).
+    closes nothing by default: the worker detaches what it inherits either way),
+    and the arbiter's connection pools are closed too (Django's native ones,
+    ``forksafe.backends``'): their idle sessions would stay open, unused, until the
+    arbiter exits, and then end without a goodbye.
     """
     prepare_fork()  # also finds the connections opened before, without install()
+    if "django.db" in sys.modules:
+        _exit.close_native_pools()
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -21,12 +21,13 @@ import pytest
 from forksafe._sessions import list_sessions
 from tests.harness.ci import skip_or_fail
 from tests.harness.scripts import run_python
-from tests.harness.sessions import abandoned_after, settled_abandoned
+from tests.harness.sessions import abandoned_after, settled_abandoned, wait_sessions_gone
 from uwsgi_examples.load import LoadResult, fire_keepalive
 from uwsgi_examples.run import Server, migrate, missing
 
 GEVENT_DRIVERS = ("psycopg", "pymysql", "psycopg2")
 CLIENTS = 20
+POOL_MAX = 8  # uwsgi_examples/exampleproject/settings.py, EXAMPLE_POOL=1
 REQUESTS = 300
 
 
@@ -58,13 +59,21 @@ def _still_open(backends: set[int], *, expected: int, timeout: float = 5.0) -> s
         time.sleep(0.1)
 
 
-def _burst(example_db: str, forksafe: str, preload: str) -> tuple[LoadResult, set[int], int]:
-    """Serve the burst; return it, the sessions left after it, and the abandoned at SIGTERM."""
+def _burst(
+    example_db: str, forksafe: str, preload: str, *, pool: bool = False
+) -> tuple[LoadResult, set[int], int]:
+    """Serve the burst; return it, the sessions left after it, and the abandoned at SIGTERM.
+
+    ``pool``: ``EXAMPLE_POOL=1`` (``max_size`` 8): Django's native pool with psycopg 3,
+    forksafe's (``forksafe.backends``) with the other drivers.
+    """
     env = {
         "EXAMPLE_WORKER_CLASS": "gevent",
         "EXAMPLE_PRELOAD": preload,
         "EXAMPLE_CONN_MAX_AGE": "60",
     }
+    if pool:
+        env["EXAMPLE_POOL"] = "1"
     before = settled_abandoned()
     server = Server("gunicorn", example_db, forksafe=forksafe, processes=1, env=env)
     with server:
@@ -72,9 +81,12 @@ def _burst(example_db: str, forksafe: str, preload: str) -> tuple[LoadResult, se
         assert not result.errors, result.summary() + server.log()
         used = result.backends - {r["loader_backend"] for r in result.responses}
         # The clients hung up: their greenlets have ended.
-        left = _still_open(used, expected=0 if forksafe != "0" else CLIENTS // 2)
+        expected = POOL_MAX if pool else 0 if forksafe != "0" else CLIENTS // 2
+        left = _still_open(used, expected=expected)
         status = server.stop(signum=signal.SIGTERM, timeout=20)
         assert status == 0, server.log()
+    if forksafe != "0":
+        wait_sessions_gone(used)
     abandoned = abandoned_after(before, timeout=2) - before
     return result, left, abandoned
 
@@ -86,6 +98,15 @@ def test_gevent_greenlets_close_their_sessions_when_they_end(example_db: str, pr
     # One per client greenlet (none shared: with preload_app too), none left over.
     assert CLIENTS // 2 <= used <= CLIENTS + 2, result.summary()
     assert left == set(), f"{len(left)} of {used} sessions left open after the clients ended"
+    assert abandoned == 0, f"{abandoned} session(s) ended without a goodbye at SIGTERM"
+
+
+def test_gevent_workers_with_a_pool_reuse_at_most_its_size_of_sessions(example_db: str) -> None:
+    """Bounded reuse: 300 requests from 20 greenlets on at most ``max_size`` sessions,
+    kept open by the pool on purpose after the burst and closed with a goodbye at SIGTERM."""
+    result, left, abandoned = _burst(example_db, "hook", "1", pool=True)
+    assert 1 <= len(result.backends) <= POOL_MAX, result.summary()
+    assert len(left) <= POOL_MAX, left
     assert abandoned == 0, f"{abandoned} session(s) ended without a goodbye at SIGTERM"
 
 
