@@ -17,8 +17,8 @@ to the hub and back. Only that greenlet's connections are closed: another
 greenlet's are never touched (Django's wrappers record their owning greenlet).
 
 gevent tells forksafe of the patch through its ``did_patch_all`` plugin entry
-point (:func:`did_patch_all`), and ``forksafe.install()`` notices a patch made
-before it. When Django's connection handler was created before the patch
+point (``forksafe.gevent``, then :func:`did_patch_all`), and ``forksafe.install()``
+notices a patch made before it. When Django's connection handler was created before the patch
 (``preload_app``), its storage is a real thread's, shared by every greenlet:
 it is replaced by a new, greenlet-local one (what it held was inherited from
 the arbiter and is detached by the fork reset).
@@ -42,6 +42,7 @@ __all__ = [
     "enable",
     "enabled",
     "patched",
+    "request",
     "storage_is_green",
 ]
 
@@ -49,6 +50,13 @@ logger = logging.getLogger("forksafe")
 
 GUARD_KEY = "__forksafe_connection_guard__"
 _enabled = False
+_requested = False  # forksafe.gevent.patch_all() is patching
+
+
+def request() -> None:
+    """Enable at gevent's coming patch (``forksafe.gevent.patch_all()``)."""
+    global _requested
+    _requested = True
 
 
 def patched() -> bool:
@@ -118,16 +126,15 @@ def enable() -> None:
     _enabled = True
 
 
-def did_patch_all(event: object) -> None:
-    """gevent's ``gevent.plugins.monkey.did_patch_all`` entry point: enable if forksafe is in use.
+def did_patch_all(event: object) -> bool:
+    """After gevent's ``patch_all()``: enable if forksafe is in use; say whether it is enabled.
 
-    Registered in forksafe's package metadata, so gevent calls it in every
+    gevent calls it (through ``forksafe.gevent``'s plugin entry point) in every
     process that patches; it does something only where forksafe is in use:
-    ``forksafe.install()`` ran, or ``forksafe.gunicorn`` (``gunicorn.conf.py``)
-    or ``forksafe.gevent`` is imported.
+    ``forksafe.install()`` ran, ``forksafe.gunicorn`` (``gunicorn.conf.py``) is
+    imported, or ``forksafe.gevent.patch_all()`` is patching.
     """
-    in_use = _fork.hooks_installed() or any(
-        name in sys.modules for name in ("forksafe.gunicorn", "forksafe.gevent")
-    )
+    in_use = _requested or _fork.hooks_installed() or "forksafe.gunicorn" in sys.modules
     if in_use and patched():
         enable()
+    return _enabled

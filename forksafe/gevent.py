@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 
 from forksafe import _green
 
-__all__ = ["patch_all"]
+__all__ = ["did_patch_all", "patch_all"]
 
 
 def patch_all(**kwargs: Any) -> None:
@@ -36,7 +36,6 @@ def patch_all(**kwargs: Any) -> None:
     on every query. Then every greenlet that connects closes its connections
     when it ends (``forksafe._green``). Call it before Django is imported.
     """
-    gevent.monkey.patch_all(**kwargs)
     try:
         from psycogreen.gevent import patch_psycopg
     except ImportError:
@@ -44,4 +43,19 @@ def patch_all(**kwargs: Any) -> None:
     else:
         with contextlib.suppress(ImportError):  # psycopg2 is not installed: nothing to patch
             patch_psycopg()
+    _green.request()
+    gevent.monkey.patch_all(**kwargs)  # calls did_patch_all()
     _green.enable()
+
+
+def did_patch_all(event: object) -> None:
+    """gevent's ``gevent.plugins.monkey.did_patch_all`` plugin (forksafe's package metadata).
+
+    Where forksafe is in use, greenlets close their connections from now on
+    (``forksafe._green``), and the gevent checks (W020-W023) are logged once
+    when Django's settings are already configured (``preload_app``).
+    """
+    if _green.did_patch_all(event):
+        from forksafe import checks  # here: a gevent program without forksafe imports no Django
+
+        checks.log_gevent_warnings()
