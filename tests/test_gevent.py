@@ -13,21 +13,17 @@ gevent (system check W022), so it is not a row here.
 
 from __future__ import annotations
 
-import signal
-import time
-
 import pytest
 
-from forksafe._sessions import list_sessions
 from tests.harness.ci import skip_or_fail
 from tests.harness.scripts import run_python
-from tests.harness.sessions import abandoned_after, settled_abandoned, wait_sessions_gone
-from uwsgi_examples.load import LoadResult, fire_keepalive
-from uwsgi_examples.run import Server, migrate, missing
+from tests.harness.sessions import wait_sessions_gone
+from uwsgi_examples.gevent_burst import POOL_MAX, measure
+from uwsgi_examples.load import LoadResult
+from uwsgi_examples.run import migrate, missing
 
 GEVENT_DRIVERS = ("psycopg", "pymysql", "psycopg2")
 CLIENTS = 20
-POOL_MAX = 8  # uwsgi_examples/exampleproject/settings.py, EXAMPLE_POOL=1
 REQUESTS = 300
 
 
@@ -47,48 +43,25 @@ def example_db(db_url: str, driver: str) -> str:
     return db_url
 
 
-def _still_open(backends: set[int], *, expected: int, timeout: float = 5.0) -> set[int]:
-    """The ``backends`` the server still lists, once at most ``expected`` or after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sessions = list_sessions()
-        assert sessions is not None
-        left = backends & {s.id for s in sessions}
-        if len(left) <= expected or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
-
-
 def _burst(
     example_db: str, forksafe: str, preload: str, *, pool: bool = False
 ) -> tuple[LoadResult, set[int], int]:
-    """Serve the burst; return it, the sessions left after it, and the abandoned at SIGTERM.
-
-    ``pool``: ``EXAMPLE_POOL=1`` (``max_size`` 8): Django's native pool with psycopg 3,
-    forksafe's (``forksafe.backends``) with the other drivers.
-    """
-    env = {
-        "EXAMPLE_WORKER_CLASS": "gevent",
-        "EXAMPLE_PRELOAD": preload,
-        "EXAMPLE_CONN_MAX_AGE": "60",
-    }
-    if pool:
-        env["EXAMPLE_POOL"] = "1"
-    before = settled_abandoned()
-    server = Server("gunicorn", example_db, forksafe=forksafe, processes=1, env=env)
-    with server:
-        result = fire_keepalive(server.url, requests=REQUESTS, clients=CLIENTS, timeout=10)
-        assert not result.errors, result.summary() + server.log()
-        used = result.backends - {r["loader_backend"] for r in result.responses}
-        # The clients hung up: their greenlets have ended.
-        expected = POOL_MAX if pool else 0 if forksafe != "0" else CLIENTS // 2
-        left = _still_open(used, expected=expected)
-        status = server.stop(signum=signal.SIGTERM, timeout=20)
-        assert status == 0, server.log()
+    """Serve the burst; return it, the sessions left after it, and the abandoned at SIGTERM."""
+    expect_left = POOL_MAX if pool else 0 if forksafe != "0" else CLIENTS // 2
+    run = measure(
+        example_db,
+        forksafe=forksafe,
+        preload=preload == "1",
+        pool=pool,
+        requests=REQUESTS,
+        clients=CLIENTS,
+        expect_left=expect_left,
+    )
+    assert not run.result.errors, run.result.summary() + run.log
+    assert run.status == 0, run.log
     if forksafe != "0":
-        wait_sessions_gone(used)
-    abandoned = abandoned_after(before, timeout=2) - before
-    return result, left, abandoned
+        wait_sessions_gone(run.used)  # all closed by the stop
+    return run.result, run.left, run.abandoned
 
 
 @pytest.mark.parametrize("preload", ["1", "0"], ids=["preload", "no-preload"])
