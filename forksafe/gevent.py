@@ -29,7 +29,7 @@ __all__ = ["did_patch_all", "patch_all"]
 
 
 def patch_all(**kwargs: Any) -> None:
-    """Patch as :func:`gevent.monkey.patch_all` (same keywords), psycopg2 too; close per greenlet.
+    """Patch as ``gevent.monkey.patch_all()`` (same keywords), psycopg2 too; close per greenlet.
 
     With psycogreen installed, psycopg2 waits through gevent's hub
     (``psycogreen.gevent.patch_psycopg``) instead of blocking the whole process
