@@ -48,8 +48,11 @@ def bench(url: str, rounds: int, requests: int, clients: int) -> None:
     left: dict[int, list[int]] = {i: [] for i in n}
     abandoned: dict[int, list[int]] = {i: [] for i in n}
     errors: dict[int, int] = dict.fromkeys(n, 0)
-    for _ in range(rounds):
-        for i, (_name, forksafe, conn_max_age, pool) in enumerate(ROWS):
+    for r in range(rounds):
+        # Interleaved, and each round starts at another row (what the server went through
+        # just before a row -- 300 sessions ending -- is not always the same row's burden).
+        for i in [(r + k) % len(ROWS) for k in n]:
+            _name, forksafe, conn_max_age, pool = ROWS[i]
             expect = POOL_MAX if pool else 0 if forksafe != "0" or conn_max_age == 0 else clients
             run = measure(
                 url,
