@@ -36,26 +36,33 @@ def patch_all(**kwargs: Any) -> None:
     on every query. Then every greenlet that connects closes its connections
     when it ends (``forksafe._green``). Call it before Django is imported.
     """
-    try:
-        from psycogreen.gevent import patch_psycopg
-    except ImportError:
-        pass
-    else:
-        with contextlib.suppress(ImportError):  # psycopg2 is not installed: nothing to patch
-            patch_psycopg()
+    _patch_psycopg2()
     _green.request()
     gevent.monkey.patch_all(**kwargs)  # calls did_patch_all()
     _green.enable()
+
+
+def _patch_psycopg2() -> None:
+    """psycogreen's ``patch_psycopg()`` when psycogreen and psycopg2 are installed."""
+    try:
+        from psycogreen.gevent import patch_psycopg
+    except ImportError:
+        return
+    with contextlib.suppress(ImportError):  # psycopg2 is not installed: nothing to patch
+        patch_psycopg()
 
 
 def did_patch_all(event: object) -> None:
     """gevent's ``gevent.plugins.monkey.did_patch_all`` plugin (forksafe's package metadata).
 
     Where forksafe is in use, greenlets close their connections from now on
-    (``forksafe._green``), and the gevent checks (W020-W023) are logged once
-    when Django's settings are already configured (``preload_app``).
+    (``forksafe._green``), psycopg2 waits through gevent's hub when psycogreen is
+    installed (gunicorn's gevent worker patches without it), and the gevent checks
+    (W020-W023) are logged once when Django's settings are already configured
+    (``preload_app``).
     """
     if _green.did_patch_all(event):
+        _patch_psycopg2()
         from forksafe import checks  # here: a gevent program without forksafe imports no Django
 
         checks.log_gevent_warnings()
