@@ -31,7 +31,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from forksafe import _fork, _registry, _thread_guard
+from forksafe import _closing, _fork, _registry, _thread_guard
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -82,12 +82,33 @@ def storage_is_green() -> bool | None:
 
 
 def _rehome_connections() -> bool:
-    """Give Django's connection handler a greenlet-local storage if it has a thread's; say if so."""
+    """Give Django's connection handler a greenlet-local storage if it has a thread's; say if so.
+
+    The calling thread's connections in the old storage are closed first (a forked
+    worker's were detached by the fork reset: nothing to close); one inside
+    ``atomic`` is left open.
+    """
     if storage_is_green() is not False:
         return False
     from asgiref.local import Local
     from django.db import connections
 
+    for wrapper in _closing.handler_wrappers():
+        if wrapper.connection is None or wrapper.in_atomic_block:
+            continue  # detached by the fork reset; or in use by an atomic block: left alone
+        # Its owner is this thread under its unpatched ident, which gevent's get_ident()
+        # no longer returns: share it for the close.
+        wrapper.inc_thread_sharing()
+        try:
+            wrapper.close()
+        except Exception:
+            logger.warning(
+                "forksafe: closing %r before re-homing Django's connections failed",
+                wrapper.alias,
+                exc_info=True,
+            )
+        finally:
+            wrapper.dec_thread_sharing()
     connections._connections = Local(connections.thread_critical)  # type: ignore[attr-defined]
     return True
 

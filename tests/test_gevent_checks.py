@@ -91,6 +91,8 @@ def test_patching_after_django_is_reported_or_repaired_in_a_real_process(
     )
     assert ("forksafe.W020" in out["ids"]) == (mode == "late"), out
     assert out["shared"] == (mode == "late"), out
+    # Re-homing closed the connection the old storage held (nothing would close it later).
+    assert out["closed"] == (mode == "late-forksafe"), out
     # forksafe in use applies psycogreen at the patch (gunicorn's gevent worker does not).
     assert ("forksafe.W021" in out["ids"]) == (driver == "psycopg2" and mode == "late"), out
     assert ("forksafe.W022" in out["ids"]) == (driver == "mysqlclient"), out

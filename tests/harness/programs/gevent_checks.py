@@ -3,8 +3,9 @@
 ``late``: Django is set up (and connects) before ``gevent.monkey.patch_all()``, as
 ``preload_app`` does; ``late-forksafe``: the same after ``forksafe.install()``, whose
 gevent plugin re-homes Django's connections; ``first``: ``forksafe.gevent.patch_all()``
-before Django. Prints the ids of forksafe's system checks, and whether two greenlets
-got two connection wrappers, as JSON.
+before Django. Prints as JSON the ids of forksafe's system checks, whether two greenlets
+got one connection wrapper, and whether the main thread's connection opened before the
+patch was closed.
 """
 
 from __future__ import annotations
@@ -31,17 +32,20 @@ if mode == "late-forksafe":
 from django.db import connection  # noqa: E402
 
 connection.ensure_connection()
+from django.db import connections  # noqa: E402
+
+before = connections["default"]
 if mode != "first":
     from gevent import monkey
 
     monkey.patch_all()
 
 import gevent  # noqa: E402
-from django.db import connections  # noqa: E402
 
 from forksafe import checks  # noqa: E402
 
 wrappers = [gevent.spawn(lambda: id(connections["default"])) for _ in range(2)]
 gevent.joinall(wrappers, timeout=10, raise_error=True)
 ids = sorted(str(m.id) for m in checks.forksafe_checks())
-print(json.dumps({"ids": ids, "shared": len({g.value for g in wrappers}) == 1}))
+shared = len({g.value for g in wrappers}) == 1
+print(json.dumps({"ids": ids, "shared": shared, "closed": before.connection is None}))
