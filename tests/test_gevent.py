@@ -6,9 +6,10 @@ One gevent worker, ``CONN_MAX_AGE=60``, a burst from 20 concurrent keep-alive cl
 ended (and PyMySQL's are dropped without a goodbye at the stop); with the
 ``forksafe.gunicorn`` hooks each greenlet closes its session when it ends, with and
 without ``preload_app``. Asserted from the server: the sessions the burst used that
-are still listed, and its count of abandoned sessions. PostgreSQL with psycopg 3 and
-psycopg2 (psycogreen), MariaDB with PyMySQL; mysqlclient blocks the worker under
-gevent (system check W022), so it is not a row here.
+are still listed, and its count of abandoned sessions. PostgreSQL with psycopg 3 (every
+row) and psycopg2 (with psycogreen, which forksafe's gevent plugin applies: the preload
+and pool rows), MariaDB with PyMySQL; mysqlclient blocks the worker under gevent
+(system check W022), so it is not a row here.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def test_gevent_workers_with_a_pool_reuse_at_most_its_size_of_sessions(example_d
 def test_control_plain_django_under_gevent_leaves_a_session_per_ended_greenlet(
     example_db: str, driver: str
 ) -> None:
+    if driver == "psycopg2":
+        pytest.skip("psycopg 3 shows the leak on PostgreSQL (CI time)")
     result, left, abandoned = _burst(example_db, "0", "0")
     assert len(left) >= CLIENTS // 2, (len(left), result.summary())
     if driver == "pymysql":  # psycopg and psycopg2 say goodbye when the interpreter ends
