@@ -18,10 +18,10 @@ greenlet's are never touched (Django's wrappers record their owning greenlet).
 
 gevent tells forksafe of the patch through its ``did_patch_all`` plugin entry
 point (``forksafe.gevent``, then :func:`did_patch_all`), and ``forksafe.install()``
-notices a patch made before it. When Django's connection handler was created before the patch
-(``preload_app``), its storage is a real thread's, shared by every greenlet:
-it is replaced by a new, greenlet-local one (what it held was inherited from
-the arbiter and is detached by the fork reset).
+notices a patch made before it. When Django's connection handler was created before
+the patch (``preload_app``), its storage is a real thread's, shared by every greenlet:
+it is replaced by a new, greenlet-local one (what it held was inherited from the
+arbiter and is detached by the fork reset, or is closed).
 """
 
 from __future__ import annotations

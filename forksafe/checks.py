@@ -233,7 +233,7 @@ def _psycopg2_green() -> bool:
 
 
 def green_facts() -> GreenFacts:
-    """This process's :class:`GreenFacts` (never imports gevent or a driver not imported)."""
+    """This process's :class:`GreenFacts` (never imports gevent; a driver only for its aliases)."""
     from django.conf import settings
 
     engines = {alias: str(db.get("ENGINE", "")) for alias, db in settings.DATABASES.items()}
