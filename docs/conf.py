@@ -62,6 +62,8 @@ autodoc_mock_imports = [
     "gunicorn",
     "uwsgi",
     "uwsgidecorators",
+    "gevent",
+    "psycogreen",
 ]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -193,10 +194,16 @@ def cleanup() -> tuple[list[str], list[str]]:
     wrappers call it (a pool created inside ``atomic()`` keeps the parent's
     transaction open, which is what it should do).
     """
-    _registry.start_tracking()  # also finds connections opened before install()
     closed: list[str] = []
     kept: list[str] = []
     in_transaction: list[str] = []
+    if "django.db" not in sys.modules:
+        # Nothing can hold a connection yet; importing django.db here would create
+        # Django's connection handler before a gevent worker patches threading.local
+        # (gunicorn's arbiter without preload_app): every greenlet would share one.
+        signals.send(signals.fork_prepared, closed=closed, kept=kept)
+        return closed, in_transaction
+    _registry.start_tracking()  # also finds connections opened before install()
     me = threading.get_ident()
     for entry in _registry.entries_of_thread(os.getpid(), me):
         wrapper = entry.wrapper
@@ -432,7 +439,8 @@ def _detach_inherited(*, clean_transactions: bool, bypass: _Bypass | None, threa
     if _options.freeze_gc and pid != marks[SOCKETS_DETACHED_PID]:
         gc.freeze()  # O(1) here; where the parent forked in C (uWSGI) the only freeze
     _reinit_signal_lock()  # before start_tracking(), which may connect the receiver
-    _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
+    if "django.db" in sys.modules:  # else nothing was inherited (see cleanup())
+        _registry.start_tracking(existing_pid=_registry.UNKNOWN_PID)
     in_atomic: list[str] | None = None  # allocated only when needed
     devnull: int | None = None
     detached = 0

@@ -8,7 +8,7 @@ the ASGI wiring (``asgi``); none of them imports it.
 from __future__ import annotations
 
 # _exit: imported for the close-at-exit it gives the fork hooks (_fork.set_exit_hook).
-from forksafe import _exit, _fork, _guard, _registry, _thread_guard, asgi, uwsgi  # noqa: F401
+from forksafe import _exit, _fork, _green, _guard, _registry, _thread_guard, asgi, uwsgi  # noqa: F401
 
 __all__ = ["cover_asgi", "install"]
 
@@ -76,6 +76,8 @@ def install(
         _threads_chosen = True
         _thread_guard.close_at_thread_exit(threads)
     _fork.register_hooks()
+    if _green.patched():
+        _green.enable()
     uwsgi.install_if_under_uwsgi()
     if asgi.server_running():
         cover_asgi()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 
-from forksafe import asgi, checks, conf
+from forksafe import _green, asgi, checks, conf
 from forksafe._install import cover_asgi, install
 
 __all__ = ["ForkSafeConfig"]
@@ -44,6 +44,8 @@ class ForkSafeConfig(AppConfig):
             )
             # Django runs no system checks inside a WSGI server: say it here.
             checks.log_server_warnings()
+            if _green.patched():
+                checks.log_gevent_warnings()
 
 
 def _log_asgi_warnings() -> None:

@@ -9,21 +9,28 @@ first ASGI request (:func:`log_asgi_warnings`).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.core import checks
 
-from forksafe import _fork, _pooler, asgi, conf
+from forksafe import _fork, _green, _pooler, asgi, conf
 from forksafe._uwsgi_facts import ServerFacts, server_facts
 
 __all__ = [
     "POOLER_PROBLEM_IDS",
+    "GreenFacts",
     "asgi_messages",
+    "gevent_messages",
+    "green_facts",
     "asgi_reason",
     "forksafe_checks",
     "log_asgi_warnings",
+    "log_gevent_warnings",
     "log_server_warnings",
     "persistent_without_pool",
     "pooler_messages",
@@ -183,6 +190,144 @@ def _asgi_checks() -> list[checks.CheckMessage]:
     return asgi_messages(asgi_reason())
 
 
+# --- gevent (forksafe._green) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GreenFacts:
+    """What the gevent checks read from this process (:func:`green_facts`)."""
+
+    #: gevent has monkey-patched ``threading``.
+    patched: bool
+    #: Django's connections live in a greenlet-local storage (None: no handler yet).
+    connections_green: bool | None = None
+    #: Aliases served by psycopg2 / by mysqlclient.
+    psycopg2_aliases: list[str] = field(default_factory=list)
+    mysqlclient_aliases: list[str] = field(default_factory=list)
+    #: psycopg2 waits through a callback (psycogreen's ``patch_psycopg()``).
+    psycopg2_green: bool = False
+
+
+def _is_psycopg3() -> bool:
+    try:
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+    except ImportError:
+        return False
+    return bool(is_psycopg3)
+
+
+def _is_mysqlclient() -> bool:
+    module = sys.modules.get("MySQLdb")
+    if module is not None:
+        return getattr(module, "__name__", "") == "MySQLdb"  # PyMySQL's shim is "pymysql"
+    try:
+        return importlib.util.find_spec("MySQLdb") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _psycopg2_green() -> bool:
+    extensions = sys.modules.get("psycopg2.extensions")
+    get = getattr(extensions, "get_wait_callback", None)
+    return get is not None and get() is not None
+
+
+def green_facts() -> GreenFacts:
+    """This process's :class:`GreenFacts` (never imports gevent; a driver only for its aliases)."""
+    from django.conf import settings
+
+    engines = {alias: str(db.get("ENGINE", "")) for alias, db in settings.DATABASES.items()}
+    postgres = [a for a, e in engines.items() if e.endswith("postgresql")]
+    mysql = [a for a, e in engines.items() if e.endswith("mysql")]
+    return GreenFacts(
+        patched=_green.patched(),
+        connections_green=_green.storage_is_green(),
+        psycopg2_aliases=postgres if postgres and not _is_psycopg3() else [],
+        mysqlclient_aliases=mysql if mysql and _is_mysqlclient() else [],
+        psycopg2_green=_psycopg2_green(),
+    )
+
+
+def gevent_messages(facts: GreenFacts, persistent: dict[str, Any]) -> list[checks.CheckMessage]:
+    """W020-W023 for a process gevent patched (``facts``); ``persistent``: CONN_MAX_AGE > 0."""
+    if not facts.patched:
+        return []
+    messages: list[checks.CheckMessage] = []
+    if facts.connections_green is False:
+        messages.append(
+            checks.Warning(
+                "gevent patched threading after Django created its connection handler:"
+                " Django's connections live in a real thread's storage, so every greenlet"
+                " shares one connection (concurrent queries on one session).",
+                hint="Patch first: gevent.monkey.patch_all() or forksafe.gevent.patch_all()"
+                " before Django is imported; under gunicorn -k gevent with preload_app, use"
+                " forksafe's hooks in gunicorn.conf.py (they re-home the connections), or"
+                " drop preload_app.",
+                id="forksafe.W020",
+            )
+        )
+    if facts.psycopg2_aliases and not facts.psycopg2_green:
+        aliases = ", ".join(map(repr, facts.psycopg2_aliases))
+        messages.append(
+            checks.Warning(
+                f"Database(s) {aliases} use psycopg2 under gevent without psycogreen: every"
+                " query blocks the whole worker (all its greenlets) until it returns.",
+                hint="pip install psycogreen and call forksafe.gevent.patch_all() (or"
+                " psycogreen.gevent.patch_psycopg()) in each worker; or use psycopg 3.",
+                id="forksafe.W021",
+            )
+        )
+    if facts.mysqlclient_aliases:
+        aliases = ", ".join(map(repr, facts.mysqlclient_aliases))
+        messages.append(
+            checks.Warning(
+                f"Database(s) {aliases} use mysqlclient under gevent: its C client cannot"
+                " yield to the hub, so every query blocks the whole worker.",
+                hint="Use PyMySQL (pip install PyMySQL; pymysql.install_as_MySQLdb()) under"
+                " gevent, or a sync/gthread worker with mysqlclient.",
+                id="forksafe.W022",
+            )
+        )
+    if persistent:
+        settings_text = ", ".join(f"{a!r} (CONN_MAX_AGE={v!r})" for a, v in persistent.items())
+        messages.append(
+            checks.Warning(
+                f"Under gevent, database(s) {settings_text} keep a connection per greenlet"
+                " without a pool: up to one session per concurrent client connection or"
+                " task (gunicorn's worker_connections, 1000 by default) per worker.",
+                hint="Use a pool: OPTIONS={'pool': {...}} with CONN_MAX_AGE = 0 (Django's"
+                " native pool with psycopg 3; ENGINE 'forksafe.backends.mysql' or"
+                " 'forksafe.backends.postgresql' for PyMySQL and psycopg2), or"
+                " CONN_MAX_AGE = 0.",
+                id="forksafe.W023",
+            )
+        )
+    return messages
+
+
+def _gevent_checks() -> list[checks.CheckMessage]:
+    if not _green.patched():
+        return []
+    return gevent_messages(green_facts(), persistent_without_pool())
+
+
+_gevent_logged_in = 0  # the pid that logged them: once per process
+
+
+def log_gevent_warnings() -> list[checks.CheckMessage]:
+    """Log W020-W023 in a process gevent patched (Django runs no checks inside a server)."""
+    global _gevent_logged_in
+    from django.conf import settings
+
+    if not settings.configured or _gevent_logged_in == os.getpid():
+        return []
+    _gevent_logged_in = os.getpid()
+    messages = _gevent_checks()
+    for message in messages:
+        logger.warning("%s: %s HINT: %s", message.id, message.msg, message.hint)
+    return messages
+
+
 # --- PgBouncer (forksafe._pooler) -----------------------------------------------------------
 
 
@@ -251,6 +396,7 @@ def forksafe_checks(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
         *_pool_without_hooks(),
         *_uwsgi_checks(),
         *_asgi_checks(),
+        *_gevent_checks(),
         *pooler_messages(),
     ]
 

@@ -45,7 +45,18 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
-from forksafe import _drivers, _fleet, _fork, _pooler, _sessions, _uwsgi_facts, asgi, checks, conf
+from forksafe import (
+    _drivers,
+    _fleet,
+    _fork,
+    _green,
+    _pooler,
+    _sessions,
+    _uwsgi_facts,
+    asgi,
+    checks,
+    conf,
+)
 
 __all__ = [
     "DatabaseServer",
@@ -317,6 +328,51 @@ def _asgi_findings() -> list[Finding]:
             " PostgreSQL with psycopg 3) or a bouncer",
         )
     ]
+
+
+def _gevent_findings() -> list[Finding]:
+    """What cannot work under gevent, when gevent is installed but has not patched this process.
+
+    In a patched process the checks (``forksafe.W020``-``W023``) say it already.
+    """
+    if _green.patched() or not _installed("gevent"):
+        return []
+    facts = checks.green_facts()
+    findings = []
+    if facts.mysqlclient_aliases:
+        findings.append(
+            Finding(
+                "info",
+                "gevent",
+                f"gevent installed: under gevent, {', '.join(map(repr, facts.mysqlclient_aliases))}"
+                " (mysqlclient) would block the whole worker on every query (forksafe.W022)",
+                "under gevent use PyMySQL",
+            )
+        )
+    if facts.psycopg2_aliases and not _installed("psycogreen"):
+        findings.append(
+            Finding(
+                "info",
+                "gevent",
+                f"gevent installed: under gevent, {', '.join(map(repr, facts.psycopg2_aliases))}"
+                " (psycopg2 without psycogreen) would block the whole worker on every query"
+                " (forksafe.W021)",
+                "pip install 'forksafe[gevent]' and call forksafe.gevent.patch_all()",
+            )
+        )
+    persistent = checks.persistent_without_pool()
+    if persistent:
+        settings_text = ", ".join(f"{a!r} CONN_MAX_AGE={v!r}" for a, v in persistent.items())
+        findings.append(
+            Finding(
+                "info",
+                "gevent",
+                f"gevent installed: under gevent, {settings_text} without a pool keeps a"
+                " session per greenlet, up to worker_connections per worker (forksafe.W023)",
+                "under gevent use a pool (OPTIONS={'pool': ...}, CONN_MAX_AGE = 0)",
+            )
+        )
+    return findings
 
 
 # --- databases --------------------------------------------------------------------------------
@@ -664,6 +720,7 @@ def run_doctor(
     findings += _check_findings()
     findings += _asgi_findings()
     findings += _pool_findings(t)
+    findings += _gevent_findings()
     databases = []
     for (vendor, address), aliases in _servers_of_databases().items():
         server, server_findings = inspect_server(vendor, address, aliases, p, t, poolers)

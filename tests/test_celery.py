@@ -16,7 +16,7 @@ import pytest
 
 from tests.harness.queues import CeleryWorker, worker_starter
 from tests.harness.scripts import ROOT
-from tests.harness.sessions import settled_abandoned
+from tests.harness.sessions import settled_abandoned, wait_sessions_gone
 
 Start = Callable[..., CeleryWorker]
 
@@ -102,6 +102,25 @@ def test_threads_pool_reuses_a_session_per_thread_and_abandons_none_at_warm_shut
     output = worker.shutdown()
     assert len({pid for pid, _ in seen}) == 1
     assert len({backend for _, backend in seen}) <= 2, seen  # one per thread at most
+    assert settled_abandoned() == before, output[-4000:]
+
+
+def test_gevent_pool_closes_each_task_greenlets_session_when_it_ends(
+    db: None, celery_worker: Start, driver: str
+) -> None:
+    """``--pool gevent`` (issue 21): each task runs in a greenlet of its own, with a session
+    of its own (``CONN_MAX_AGE=None`` keeps it: Celery's per-task close is off). The greenlet
+    closes it when the task ends; nothing is abandoned at the warm shutdown."""
+    if driver == "mysqlclient":
+        pytest.skip("mysqlclient blocks the worker under gevent (forksafe.W022)")
+    pytest.importorskip("gevent")
+    before = settled_abandoned()
+    worker = celery_worker(mode="forksafe", pool="gevent", concurrency=4)
+    seen = _queries(worker, 6)
+    backends = {backend for _, backend in seen}
+    assert len({pid for pid, _ in seen}) == 1
+    wait_sessions_gone(backends)  # while the worker runs: the ended greenlets closed them
+    output = worker.shutdown()
     assert settled_abandoned() == before, output[-4000:]
 
 

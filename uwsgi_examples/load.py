@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LoadResult", "fire", "get"]
+__all__ = ["LoadResult", "fire", "fire_keepalive", "get"]
 
 
 @dataclass
@@ -120,6 +120,44 @@ def fire(
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(requests)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def fire_keepalive(
+    url: str, requests: int = 300, clients: int = 20, timeout: float = 10.0
+) -> LoadResult:
+    """``requests`` GETs from ``clients`` concurrent clients, each on one keep-alive connection.
+
+    Each client sends its share of the requests over one HTTP/1.1 connection and
+    closes it at the end (under gunicorn's gevent worker: one greenlet per client).
+    """
+    result = LoadResult()
+    parts = urllib.parse.urlsplit(url)
+    target = parts.path or "/"
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port, timeout=timeout
+        )
+        try:
+            for _ in range(requests // clients + (n < requests % clients)):
+                try:
+                    conn.request("GET", target)
+                    resp = conn.getresponse()
+                    body = resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"HTTP {resp.status}: {body[:200]!r}")
+                    result.responses.append(json.loads(body))
+                except Exception as exc:
+                    result.errors.append(f"{type(exc).__name__}: {exc}")
+                    conn.close()
+        finally:
+            conn.close()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
     result.seconds = time.perf_counter() - start
     return result
 
