@@ -14,9 +14,12 @@ and pool rows), MariaDB with PyMySQL; mysqlclient blocks the worker under gevent
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.harness.ci import skip_or_fail
+from tests.harness.demo import demo, table_rows
 from tests.harness.scripts import run_python
 from tests.harness.sessions import wait_sessions_gone
 from uwsgi_examples.gevent_burst import POOL_MAX, measure
@@ -121,3 +124,16 @@ def test_importing_forksafe_gevent_without_gevent_names_the_extra() -> None:
     )
     message = run_python("-c", code)
     assert "pip install 'forksafe[gevent]'" in message
+
+
+def test_demo_gevent_rows_show_plain_greenlets_leaving_sessions_and_forksafe_ok(
+    example_db: str, driver: str, tmp_path: Path
+) -> None:
+    if driver != "pymysql":
+        pytest.skip("runs once, for PyMySQL (its plain row also abandons sessions at SIGTERM)")
+    proc = demo("--database", example_db, "--only", "gevent", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r[0]: r for r in table_rows(proc.stdout, 6) if r[0] in ("plain", "forksafe")}
+    forksafe = rows["forksafe"]
+    assert forksafe[1] == "0" and forksafe[3:] == ["0", "0", "ok"], proc.stdout
+    assert rows["plain"][-1] == "BROKEN" and int(rows["plain"][3]) > 0, proc.stdout

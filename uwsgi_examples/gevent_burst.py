@@ -10,16 +10,23 @@ for the same database (the counts are asked through its ``default`` alias).
 
 from __future__ import annotations
 
+import argparse
+import json
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+if not __package__:  # `python gevent_burst.py`: make `uwsgi_examples` and `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from forksafe._sessions import list_sessions
 from tests.harness.sessions import abandoned_after, settled_abandoned
 from uwsgi_examples.load import LoadResult, fire_keepalive
-from uwsgi_examples.run import Server
+from uwsgi_examples.run import Server, migrate
 
-__all__ = ["POOL_MAX", "GeventRun", "measure", "still_open"]
+__all__ = ["POOL_MAX", "GeventRun", "main", "measure", "still_open"]
 
 POOL_MAX = 8  # exampleproject/settings.py, EXAMPLE_POOL=1
 
@@ -83,3 +90,46 @@ def measure(
         run.log = server.log()
     run.abandoned = abandoned_after(before, timeout=2) - before
     return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python gevent_burst.py --database URL [--json]``: plain Django, then forksafe."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", required=True, metavar="URL")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="one JSON list of rows")
+    args = parser.parse_args(argv)
+    if args.database.startswith("sqlite"):
+        parser.error("--database postgresql://... or mysql://...: the rows count server sessions")
+    import django
+
+    from forksafe._urls import configure_django
+
+    configure_django(args.database)
+    django.setup()
+    migrate(args.database)
+    rows = []
+    for mode, forksafe in (("plain", "0"), ("forksafe", "1")):
+        run = measure(
+            args.database, forksafe=forksafe, requests=args.requests, clients=args.clients
+        )
+        rows.append(
+            {
+                "mode": mode,
+                "errors": len(run.result.errors),
+                "sessions": len(run.used),
+                "left": len(run.left),
+                "abandoned": run.abandoned,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

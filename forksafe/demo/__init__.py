@@ -12,6 +12,7 @@ This package is the demo's own: the scenarios (``_scenarios``), the plot
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from forksafe import _urls
 __all__ = ["GROUPS", "main", "run_demo"]
 
 #: What ``--only`` accepts.
-GROUPS = ("fork", "pools", "threads", "queues", "uwsgi", "asgi")
+GROUPS = ("fork", "pools", "threads", "queues", "uwsgi", "asgi", "gevent")
 #: The scenario modes (``_scenarios.MODES``) that each table compares.
 COMPARED_MODES = ("plain", "forksafe")
 UWSGI_WORKERS = 4
@@ -190,6 +191,19 @@ def _uwsgi_examples(program: str = "uwsgi") -> tuple[Any, Any, str | None]:
     return run, load, None
 
 
+def _burst_rows(run: Any, script: str, database: str, *args: str) -> list[dict[str, Any]]:
+    """Run the example project's ``script`` with ``--json`` in a fresh interpreter; its rows."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(run.HERE / script), "--database", database, "--json", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} failed:\n{proc.stderr.strip()[-2000:]}")
+    rows: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return rows
+
+
 # --- ASGI ----------------------------------------------------------------------------------
 
 ASGI_REQUESTS = 300
@@ -208,17 +222,9 @@ graceful shutdown. The executor's and the pool's sessions are kept on purpose.
 
 def _asgi_rows(run: Any, database: str) -> list[list[str]]:
     """Run ``uwsgi_examples/asgi_burst.py`` (plain vs forksafe under uvicorn); table rows."""
-    import json
-    import subprocess
-
-    script = run.HERE / "asgi_burst.py"
-    cmd = [sys.executable, str(script), "--database", database, "--json"]
-    cmd += ["--requests", str(ASGI_REQUESTS), "--concurrency", str(ASGI_CONCURRENCY)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"asgi_burst.py failed:\n{proc.stderr.strip()[-2000:]}")
     rows = []
-    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+    args = ("--requests", str(ASGI_REQUESTS), "--concurrency", str(ASGI_CONCURRENCY))
+    for r in _burst_rows(run, "asgi_burst.py", database, *args):
         kept = r["setting"] == "native pool" or r["view"] in _ASGI_KEPT
         ok = r["errors"] == 0 and (kept or r["left"] <= 0) and not r["abandoned"]
         rows.append(
@@ -233,6 +239,29 @@ def _asgi_rows(run: Any, database: str) -> list[list[str]]:
                 "ok" if ok else "BROKEN",
             ]
         )
+    return rows
+
+
+# --- gevent --------------------------------------------------------------------------------
+
+GEVENT_REQUESTS = 300
+GEVENT_CLIENTS = 20
+_GEVENT_EXPLANATION = """\
+gunicorn -k gevent, 1 worker, the example project, CONN_MAX_AGE=60: {requests} requests from
+{clients} keep-alive clients (a greenlet each), then SIGTERM. 'sessions': server sessions the
+greenlets used; 'left': of those, still open once the clients hung up; 'abandoned': sessions
+the server saw end without a goodbye, from start to after the stop.
+"""
+
+
+def _gevent_rows(run: Any, database: str) -> list[list[str]]:
+    """Run ``uwsgi_examples/gevent_burst.py`` (plain vs forksafe); table rows."""
+    rows = []
+    args = ("--requests", str(GEVENT_REQUESTS), "--clients", str(GEVENT_CLIENTS))
+    for r in _burst_rows(run, "gevent_burst.py", database, *args):
+        ok = r["errors"] == 0 and r["left"] == 0 and r["abandoned"] == 0
+        cells = [r["mode"], r["errors"], r["sessions"], r["left"], r["abandoned"]]
+        rows.append([*map(str, cells), "ok" if ok else "BROKEN"])
     return rows
 
 
@@ -376,14 +405,27 @@ def _run(
             asgi_run, _, asgi_note = _uwsgi_examples("uvicorn")
             if asgi_note is not None and "not installed" in asgi_note:
                 asgi_note = "install uvicorn (pip install 'forksafe[asgi]')"
+    gevent_run = None
+    gevent_note = None
+    if "gevent" in only:
+        if sqlite:
+            gevent_note = (
+                "the gevent rows count server sessions: give --database postgresql://..."
+                " or mysql://..."
+            )
+        elif importlib.util.find_spec("gevent") is None:
+            gevent_note = "install gevent (pip install 'forksafe[gevent]')"
+        else:
+            gevent_run, _, gevent_note = _uwsgi_examples("gunicorn")
     steps = len(rows) * len(COMPARED_MODES) + (len(COMPARED_MODES) if run is not None else 0)
-    steps += 1 if asgi_run is not None else 0
+    steps += (asgi_run is not None) + (gevent_run is not None)
     bar = _Progress(steps, progress)
     table = [["scenario", "mode", "parent kept session", "child own session", "left", "verdict"]]
     uwsgi_table = [
         ["mode", "req/s", "errors", "worker pids", "sessions", "on master's session", "verdict"]
     ]
     asgi_table = [["setting", "view", "mode", "errors", "sessions", "left", "abandoned", "verdict"]]
+    gevent_table = [["mode", "errors", "sessions", "left", "abandoned", "verdict"]]
     try:
         for row in rows:
             for mode in COMPARED_MODES:
@@ -415,6 +457,11 @@ def _run(
                 for mode in COMPARED_MODES
             }
             bar.end(label, ", ".join(f"{mode} {v}" for mode, v in verdicts.items()))
+        if gevent_run is not None:
+            label = "gevent: gunicorn -k gevent, plain and forksafe"
+            bar.begin(label)
+            gevent_table += _gevent_rows(gevent_run, database)
+            bar.end(label, ", ".join(f"{r[0]} {r[-1]}" for r in gevent_table[1:]))
     except RuntimeError as exc:
         bar.close()
         first = str(exc).strip().splitlines()
@@ -450,6 +497,16 @@ def _run(
             out.write(f"skipped: {asgi_note}\n")
         else:
             _table(asgi_table, out)
+    if "gevent" in only:
+        out.write(
+            "\n"
+            + _GEVENT_EXPLANATION.format(requests=GEVENT_REQUESTS, clients=GEVENT_CLIENTS)
+            + "\n"
+        )
+        if gevent_note is not None:
+            out.write(f"skipped: {gevent_note}\n")
+        else:
+            _table(gevent_table, out)
     return 0
 
 
@@ -483,8 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         type=_groups,
         default=GROUPS,
         help=f"comma-separated subset of {','.join(GROUPS)} (default: all; asgi needs uvicorn,"
-        " a server database and a checkout of forksafe; uwsgi needs the"
-        " uwsgi binary and a checkout of forksafe)",
+        " a server database and a checkout of forksafe; gevent the same with gevent and"
+        " gunicorn; uwsgi needs the uwsgi binary and a checkout of forksafe)",
     )
     parser.add_argument(
         "--plot",
