@@ -53,7 +53,17 @@ myst_heading_anchors = 3
 # The README-block markers (``<!-- readme-test: NAME -->``) are HTML comments: MyST drops them.
 
 # The integrations import their library at import time; the docs build needs none of them.
-autodoc_mock_imports = ["celery", "dramatiq", "redis", "rq", "gunicorn", "uwsgi", "uwsgidecorators"]
+# django_tasks: the backport, so that forksafe.tasks imports on a Django without django.tasks.
+autodoc_mock_imports = [
+    "celery",
+    "dramatiq",
+    "redis",
+    "rq",
+    "gunicorn",
+    "uwsgi",
+    "uwsgidecorators",
+    "django_tasks",
+]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True}

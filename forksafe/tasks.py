@@ -15,7 +15,7 @@ Celery integration (``forksafe._tasks``):
 * a connection whose query was interrupted by an exception that is not a
   database error (a signal handler's timeout, ``SystemExit`` from a worker's
   second ``SIGTERM``) or used by a task that failed with a database error is
-  closed *the moment the task raises*, in :meth:`Task.call` -- before the
+  closed *the moment the task raises*, in ``Task.call`` -- before the
   worker records the failure: ``db_worker`` writes it with the same thread's
   connection, which an interrupted query leaves mid-protocol.
 
