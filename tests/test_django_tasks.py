@@ -215,3 +215,108 @@ def test_importing_forksafe_tasks_without_a_tasks_framework_names_the_extra() ->
         "ImportError: forksafe.tasks needs Django's tasks framework: Django 6.0 or later"
         " (django.tasks), or the backport on earlier versions: pip install 'forksafe[tasks]'"
     ), proc.stderr
+
+
+# --- django-tasks-rq: the backport's signals, a real rq worker -----------------------------
+
+
+def _rq_burst(driver: str, worker_class: str, *, plain: bool) -> tuple[list[Any], str]:
+    """Enqueue the sequence, run a burst ``rq worker`` over it; the refreshed results, output."""
+    from django.test import override_settings
+
+    from tests.harness.queues import (
+        REDIS_URL,
+        mode_env,
+        python_module,
+        run_worker,
+        unique_name,
+        worker_env,
+    )
+    from tests.queues import tasks_backend
+
+    queue = unique_name("tasks-rq")
+    overrides = tasks_backend.rq_settings(queue, REDIS_URL)
+    with override_settings(INSTALLED_APPS=[*_apps(), tasks_backend.RQ_APP], **overrides):
+        from tests.queues import django_tasks_rq_app as app
+
+        sequence = [
+            (app.query, ()),
+            (app.query, ()),
+            (app.interrupted_query, (5,)),
+            (app.query, ()),
+            (app.database_error, ()),
+            (app.query, ()),
+        ]
+        results = [task.using(queue_name=queue).enqueue(*args) for task, args in sequence]
+        env = worker_env(
+            driver,
+            **mode_env(plain=plain, conn_max_age="None"),
+            DJANGO_SETTINGS_MODULE="tests.queues.tasks_rq_settings",
+            FORKSAFE_TEST_TASKS_QUEUE=queue,
+        )
+        args = python_module(
+            "rq.cli",
+            "worker",
+            "--burst",
+            "--url",
+            REDIS_URL,
+            "--worker-class",
+            worker_class,
+            "--job-class",
+            "django_tasks_rq.backend.Job",
+            queue,
+        )
+        output = run_worker(args, env)
+        for result in results:
+            result.refresh()
+    return results, output
+
+
+def _apps() -> list[str]:
+    from django.conf import settings
+
+    return list(settings.INSTALLED_APPS)
+
+
+@pytest.fixture
+def tasks_rq(tasks_db: None, db: None, driver: str) -> None:
+    from tests.harness.queues import require_heavy_driver, require_redis
+
+    require_heavy_driver(driver)
+    require_redis()
+    try:
+        import django_tasks_rq  # noqa: F401
+    except ImportError:
+        from tests.harness.ci import skip_or_fail
+
+        skip_or_fail("django-tasks-rq is not installed: pip install -e '.[test]'")
+
+
+@pytest.mark.usefixtures("tasks_rq")
+def test_django_tasks_rq_jobs_in_rqs_own_simple_worker_get_the_rules(driver: str) -> None:
+    """Plain ``rq.SimpleWorker``, the forksafe app: the backport's signals apply the rules."""
+    before = settled_abandoned()
+    results, output = _rq_burst(driver, "rq.worker.SimpleWorker", plain=False)
+    statuses = [r.status for r in results]
+    assert statuses == ["SUCCESSFUL", "SUCCESSFUL", "FAILED"] + ["SUCCESSFUL", "FAILED"] + [
+        "SUCCESSFUL"
+    ], output
+    first, second, third, fourth = (results[i].return_value for i in (0, 1, 3, 5))
+    assert first == second  # one session, reused (CONN_MAX_AGE=None)
+    assert third[:2] == first[:2] and third[2] != first[2]  # closed after the interruption
+    assert fourth[:2] == first[:2] and fourth[2] != third[2]  # closed after the database error
+    assert settled_abandoned() == before, output
+
+
+@pytest.mark.usefixtures("tasks_rq")
+def test_control_without_forksafe_the_rq_job_after_an_interrupted_query_fails(driver: str) -> None:
+    """Plain ``rq.SimpleWorker`` without the app: every later job gets the interrupted connection.
+
+    psycopg: "another command is already in progress"; mysqlclient: "Commands out of sync".
+    """
+    results, output = _rq_burst(driver, "rq.worker.SimpleWorker", plain=True)
+    assert [r.status for r in results[:3]] == ["SUCCESSFUL", "SUCCESSFUL", "FAILED"], output
+    expected = "OperationalError" if driver == "psycopg" else "ProgrammingError"
+    for result in results[3:]:  # plain queries, on the broken connection
+        assert result.status == "FAILED", output
+        assert result.errors[-1].exception_class_path == f"django.db.utils.{expected}", output

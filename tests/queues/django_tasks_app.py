@@ -7,17 +7,11 @@ Defined with ``django.tasks.task`` against the ``default`` backend of
 from __future__ import annotations
 
 import os
-import signal
 import threading
-from types import FrameType
 
 from django.tasks import task
 
 from tests.queues import jobs
-
-
-class TaskTimeout(Exception):
-    """A task's own time limit, raised by a signal handler (here in the middle of a query)."""
 
 
 @task()
@@ -34,20 +28,10 @@ def slow_query(seconds: int) -> list[int]:
     return query.func()
 
 
-def _timeout(signum: int, frame: FrameType | None) -> None:
-    raise TaskTimeout("the task's time limit passed")
-
-
 @task()
 def interrupted_query(seconds: int) -> None:
     """A query interrupted after 1 s by ``SIGALRM`` (the worker runs tasks in its main thread)."""
-    previous = signal.signal(signal.SIGALRM, _timeout)
-    signal.setitimer(signal.ITIMER_REAL, 1.0)
-    try:
-        jobs.slow_query(seconds)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    jobs.interrupted_query(seconds)
 
 
 @task()
