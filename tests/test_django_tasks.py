@@ -20,7 +20,7 @@ from typing import Any
 import django
 import pytest
 
-from tests.harness.queues import DbTasksWorker, worker_starter
+from tests.harness.queues import DbTasksWorker, django_tasks_db_backend, worker_starter
 from tests.harness.sessions import settled_abandoned
 
 Start = Callable[..., DbTasksWorker]
@@ -33,36 +33,14 @@ def tasks_db(django_db_setup: None) -> Iterator[None]:
     """This process enqueues through django-tasks-db: its app, its backend, its table."""
     if django.VERSION < (6, 0):
         pytest.skip(NO_FRAMEWORK)  # a version without the framework: not a missing server
-    from django.conf import settings
-    from django.db import connection
-    from django.test import override_settings
-
-    from tests.queues import tasks_backend
-
     try:
         import django_tasks_db  # noqa: F401
     except ImportError:
         from tests.harness.ci import skip_or_fail
 
         skip_or_fail("django-tasks-db is not installed: pip install -e '.[test]'")
-    overrides = override_settings(
-        INSTALLED_APPS=[*settings.INSTALLED_APPS, tasks_backend.APP],
-        TASKS=tasks_backend.TASKS,
-    )
-    overrides.enable()
-    try:
-        from django_tasks_db.models import DBTaskResult
-
-        with connection.schema_editor() as editor:
-            if DBTaskResult._meta.db_table in connection.introspection.table_names():
-                editor.delete_model(DBTaskResult)
-            editor.create_model(DBTaskResult)
+    with django_tasks_db_backend():
         yield
-        with connection.schema_editor() as editor:
-            editor.delete_model(DBTaskResult)
-    finally:
-        connection.close()
-        overrides.disable()
 
 
 @pytest.fixture

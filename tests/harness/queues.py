@@ -11,6 +11,7 @@ test database, MariaDB's global ``Aborted_clients``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -385,3 +386,34 @@ class DbTasksWorker(Worker):
         result = self.wait(self.send(name, *args), timeout)
         assert result.status == "FAILED", f"{name} did not fail: {result.return_value!r}"
         return str(result.errors[-1].exception_class_path.rpartition(".")[2])
+
+
+@contextlib.contextmanager
+def django_tasks_db_backend() -> Iterator[None]:
+    """In this process: django-tasks-db's app, its backend as ``default``, its table (dropped
+    at the end) -- what enqueues to a ``db_worker`` of ``tests.queues.tasks_settings``."""
+    from django.conf import settings
+    from django.db import connection
+    from django.test import override_settings
+
+    from tests.queues import tasks_backend
+
+    overrides = override_settings(
+        INSTALLED_APPS=[*settings.INSTALLED_APPS, tasks_backend.APP], TASKS=tasks_backend.TASKS
+    )
+    overrides.enable()
+    try:
+        from django_tasks_db.models import DBTaskResult
+
+        with connection.schema_editor() as editor:
+            if DBTaskResult._meta.db_table in connection.introspection.table_names():
+                editor.delete_model(DBTaskResult)
+            editor.create_model(DBTaskResult)
+        try:
+            yield
+        finally:
+            with connection.schema_editor() as editor:
+                editor.delete_model(DBTaskResult)
+    finally:
+        connection.close()
+        overrides.disable()
