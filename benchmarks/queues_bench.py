@@ -24,6 +24,9 @@ Huey (``huey_consumer -k thread`` or ``-k process``, ``--concurrency`` workers, 
 nothing closes a connection: the upper bound), both ``CONN_MAX_AGE=None``. The sessions each
 consumer abandoned at its ``SIGTERM`` stop are counted by the server.
 
+django-tasks-db's ``db_worker`` (Django 6.x, ``--only db_worker``; run by default there):
+with the forksafe app (``forksafe.tasks``: the rules around each task) vs plain.
+
 Uses the test-suite's worker harness (``tests.harness.queues``, importable from a checkout),
 Redis database 5 and the database of ``tests.settings.DRIVER`` (``FORKSAFE_TEST_POSTGRES_URL`` /
 ``FORKSAFE_TEST_MYSQL_URL``)::
@@ -186,6 +189,55 @@ def bench_huey(driver: str, n: int, repeat: int, concurrency: int, kind: str) ->
         )
 
 
+def _db_worker_round(worker: Any, n: int) -> float:
+    from django.tasks import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    start = time.perf_counter()
+    ids = [worker.send("query").id for _ in range(n)]
+    done = [TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED]
+    deadline = time.monotonic() + 60 + n
+    while DBTaskResult.objects.filter(id__in=ids, status__in=done).count() < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"db_worker tasks did not finish within {60 + n} s")
+        time.sleep(0.01)
+    failed = DBTaskResult.objects.filter(id__in=ids, status=TaskResultStatus.FAILED).count()
+    if failed:
+        raise RuntimeError(f"{failed} of {n} db_worker tasks failed")
+    return n / (time.perf_counter() - start)
+
+
+def bench_db_worker(driver: str, n: int, repeat: int) -> None:
+    """django-tasks-db's ``db_worker`` (Django 6.x): with the forksafe app vs plain."""
+    from tests.harness.queues import DbTasksWorker, django_tasks_db_backend
+    from tests.harness.sessions import settled_abandoned
+
+    modes = {"forksafe": False, "plain db_worker": True}  # name: without forksafe's app
+    with django_tasks_db_backend():
+        workers = {name: DbTasksWorker(driver, plain=plain) for name, plain in modes.items()}
+        rates: dict[str, list[float]] = {name: [] for name in modes}
+        abandoned = dict.fromkeys(modes, 0)
+        try:
+            for worker in workers.values():
+                _db_worker_round(worker, 2)
+            for _ in range(repeat):
+                for name, worker in workers.items():
+                    before = settled_abandoned()
+                    rates[name].append(_db_worker_round(worker, n))
+                    abandoned[name] += settled_abandoned() - before
+        finally:
+            for worker in workers.values():
+                worker.shutdown()
+    ours = statistics.median(rates["forksafe"])
+    print(f"db_worker (django-tasks-db), {n} tasks x {repeat} rounds (median tasks/s)")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(
+            f"  {name:<16}{median:>10.1f}   forksafe/this {ours / median:>6.2f}x"
+            f"   abandoned sessions {abandoned[name]} of {n * repeat} tasks"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--driver", default="psycopg", choices=["psycopg", "mysqlclient"])
@@ -193,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=300, help="Celery and Huey tasks per round")
     parser.add_argument("--jobs", type=int, default=30, help="RQ jobs per round")
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--only", choices=["celery", "rq", "huey"])
+    parser.add_argument("--db-tasks", type=int, default=200, help="db_worker tasks per round")
+    parser.add_argument("--only", choices=["celery", "rq", "huey", "db_worker"])
     parser.add_argument("--huey-kind", default="process", choices=["thread", "process"])
     args = parser.parse_args(argv)
 
@@ -207,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_rq(args.driver, args.jobs, args.repeat)
     if args.only in (None, "huey"):
         bench_huey(args.driver, args.tasks, args.repeat, args.concurrency, args.huey_kind)
+    if args.only == "db_worker" or (args.only is None and django.VERSION >= (6, 0)):
+        bench_db_worker(args.driver, args.db_tasks, args.repeat)
     return 0
 
 

@@ -53,6 +53,7 @@ myst_heading_anchors = 3
 # The README-block markers (``<!-- readme-test: NAME -->``) are HTML comments: MyST drops them.
 
 # The integrations import their library at import time; the docs build needs none of them.
+# django_tasks: the backport, so that forksafe.tasks imports on a Django without django.tasks.
 autodoc_mock_imports = [
     "celery",
     "dramatiq",
@@ -64,6 +65,7 @@ autodoc_mock_imports = [
     "uwsgidecorators",
     "gevent",
     "psycogreen",
+    "django_tasks",
 ]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"

@@ -128,11 +128,15 @@ def is_database_error(error: BaseException | None) -> bool:
     return False
 
 
-def between_tasks(error: BaseException | None = None) -> None:
+def between_tasks(error: BaseException | None = None, *, rules: bool = True) -> None:
     """Apply the between-task rules to the calling thread's connections.
 
     Call it before each task and after it, with the exception the task
-    raised (``None`` if it succeeded). Never raises; failures are logged.
+    raised (``None`` if it succeeded). With ``rules=False`` only the
+    connections an interrupted query or ``error`` broke are closed, and
+    Django's rules are left for a later call: what a worker needs the moment a
+    task raised, before it records the failure on the same connections.
+    Never raises; failures are logged.
     """
     close_all = is_database_error(error)
     guard = current_guard(create=True)
@@ -157,7 +161,8 @@ def between_tasks(error: BaseException | None = None) -> None:
             )
         finally:
             take_interrupted(wrapper)
-    apply_rules()
+    if rules:
+        apply_rules()
 
 
 #: A worker idle for longer than this re-applies the rules before its next task.

@@ -34,6 +34,10 @@ class ForkSafeConfig(AppConfig):
             # events (a goodbye at shutdown, also when uvicorn is stopped with SIGTERM).
             # Nothing happens under WSGI.
             cover_asgi()
+            # Event loops outside ASGI (asyncio.run() in a command or a worker): the loop's
+            # default executor and asgiref's single thread apply Django's rules and close.
+            asgi.cover_event_loops()
+            asgi.cover_sync_to_async()
             asgi.call_at_first_request(_log_asgi_warnings)
             # Only the options the settings name: an explicit install() call
             # made earlier keeps the rest.
@@ -46,6 +50,19 @@ class ForkSafeConfig(AppConfig):
             checks.log_server_warnings()
             if _green.patched():
                 checks.log_gevent_warnings()
+            # django.tasks (Django 6.0+) or its backport: the rules around every worker's task.
+            _connect_tasks()
+
+
+def _connect_tasks() -> None:
+    """Connect ``forksafe.tasks`` when a tasks framework is importable."""
+    try:
+        from forksafe import tasks
+    except ImportError as exc:
+        if exc.name in ("django.tasks", "django_tasks"):
+            return  # no tasks framework here: nothing to connect
+        raise
+    tasks.connect()
 
 
 def _log_asgi_warnings() -> None:

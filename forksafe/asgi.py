@@ -51,6 +51,8 @@ __all__ = [
     "answer_lifespan_in_django",
     "call_at_first_request",
     "connect_signals",
+    "cover_event_loops",
+    "cover_sync_to_async",
     "install_default_executor",
     "server_running",
     "serving",
@@ -79,22 +81,32 @@ def _running_loop(caller: str) -> asyncio.AbstractEventLoop:
             f"forksafe.asgi.{caller}() needs the running event loop: call it from async code"
             " in the server's loop (an ASGI lifespan startup, an async view), or use"
             " forksafe.asgi.LifespanMiddleware"
+            + (", or pass the loop: loop=..." if caller == "install_default_executor" else "")
         ) from None
 
 
-def install_default_executor(max_workers: int | None = None) -> ThreadPoolExecutor:
-    """Make the running event loop's default executor a :class:`forksafe.ThreadPoolExecutor`.
+def install_default_executor(
+    max_workers: int | None = None, *, loop: asyncio.AbstractEventLoop | None = None
+) -> ThreadPoolExecutor:
+    """Make an event loop's default executor a :class:`forksafe.ThreadPoolExecutor`.
 
-    Call it from async code running in the server's event loop; it returns the
-    executor. Calling it again on the same loop returns the executor already
-    installed (``max_workers`` is then ignored). ``max_workers`` defaults to
-    that of the executor it replaces, else to the standard default. The
-    replaced executor is shut down without waiting: its threads finish the
-    tasks they have and exit. Raises ``RuntimeError`` outside a running loop.
+    ``loop``: the loop (running or not, e.g. one made with
+    :func:`asyncio.new_event_loop`); by default the running loop, so call it from
+    async code then. Returns the executor. Calling it again on the same loop
+    returns the executor already installed (``max_workers`` is then ignored).
+    ``max_workers`` defaults to that of the executor it replaces, else to the
+    standard default. The replaced executor is shut down without waiting: its
+    threads finish the tasks they have and exit. Raises ``RuntimeError``
+    outside a running loop when no ``loop`` is given, or for a closed loop.
     """
     if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
         raise ValueError(f"max_workers must be a whole number >= 1 or None, not {max_workers!r}")
-    loop = _running_loop("install_default_executor")
+    if loop is None:
+        loop = _running_loop("install_default_executor")
+    elif not isinstance(loop, asyncio.AbstractEventLoop):
+        raise TypeError(f"loop must be an asyncio event loop, not {loop!r}")
+    elif loop.is_closed():
+        raise RuntimeError(f"forksafe.asgi.install_default_executor(): {loop!r} is closed")
     installed = _executors.get(loop)
     if installed is not None:
         return installed
@@ -108,6 +120,72 @@ def install_default_executor(max_workers: int | None = None) -> ThreadPoolExecut
     _executors[loop] = executor
     if isinstance(old, futures.Executor) and old is not executor:
         old.shutdown(wait=False)
+    return executor
+
+
+def cover_event_loops() -> None:
+    """Give every asyncio loop forksafe's default executor the first time it needs one. Idempotent.
+
+    Wraps :meth:`asyncio.BaseEventLoop.run_in_executor` (every loop of the
+    standard library): ``run_in_executor(None, ...)`` -- what
+    :func:`asyncio.to_thread`, ``sync_to_async(thread_sensitive=False)`` and
+    :meth:`~asyncio.loop.getaddrinfo` call -- on a loop that has no default
+    executor yet gets :func:`install_default_executor` first. A loop given one
+    with :meth:`~asyncio.loop.set_default_executor` keeps it. Workers built on
+    ``asyncio.run()`` (management commands, procrastinate, Temporal) then run
+    sync code in threads that apply Django's rules after every task and close
+    their connections when the loop ends (``asyncio.run()`` shuts the executor
+    down). Loops of other implementations (uvloop) are not covered: call
+    :func:`install_default_executor` in them. The ``forksafe`` app calls it in
+    ``ready()``.
+    """
+    current = asyncio.BaseEventLoop.run_in_executor
+    if hasattr(current, "__forksafe_original__"):
+        return
+
+    def run_in_executor(
+        self: asyncio.BaseEventLoop, executor: Any, func: Callable[..., Any], *args: Any
+    ) -> asyncio.Future[Any]:
+        if (
+            executor is None
+            and getattr(self, "_default_executor", True) is None
+            and not getattr(self, "_executor_shutdown_called", False)
+            and not self.is_closed()
+        ):
+            install_default_executor(loop=self)
+        return current(self, executor, func, *args)
+
+    run_in_executor.__qualname__ = current.__qualname__
+    run_in_executor.__doc__ = current.__doc__
+    run_in_executor.__forksafe_original__ = current  # type: ignore[attr-defined]
+    asyncio.BaseEventLoop.run_in_executor = run_in_executor  # type: ignore[method-assign,assignment]
+
+
+def cover_sync_to_async() -> ThreadPoolExecutor | None:
+    """Make asgiref's single-thread executor a :class:`forksafe.ThreadPoolExecutor`. Idempotent.
+
+    ``sync_to_async()`` (thread-sensitive, the default) outside a request --
+    under ``asyncio.run()``, in a management command or a worker -- runs code
+    in ``SyncToAsync.single_thread_executor``, one thread for the life of the
+    process that never applies Django's rules. Replaced by a one-thread
+    forksafe executor, that thread applies them after every call (as Django
+    does after a request: ``CONN_MAX_AGE``, ``CONN_HEALTH_CHECKS``) and closes
+    its connections when it ends (at interpreter exit, or when the executor
+    is shut down). Returns the executor; ``None`` without asgiref. A
+    replaced executor is shut down without waiting. The ``forksafe`` app
+    calls it in ``ready()``.
+    """
+    try:
+        from asgiref.sync import SyncToAsync
+    except ImportError:  # pragma: no cover - Django requires asgiref
+        return None
+    current = SyncToAsync.single_thread_executor
+    if isinstance(current, ThreadPoolExecutor) and not getattr(current, "_shutdown", False):
+        return current
+    executor = ThreadPoolExecutor(1, thread_name_prefix="forksafe-sync-to-async")
+    SyncToAsync.single_thread_executor = executor
+    if isinstance(current, futures.Executor):
+        current.shutdown(wait=False)
     return executor
 
 

@@ -244,13 +244,17 @@ def test_executor_threads_apply_django_rules_and_close_when_the_loop_ends(
     async def main(install: bool) -> int:
         if install:
             forksafe.asgi.install_default_executor(max_workers=4)
+        else:
+            # The forksafe app's cover_event_loops() would give the loop forksafe's executor
+            # at its first run_in_executor(None): a loop given its own keeps it.
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(4))
         for _ in range(3):
             await asyncio.gather(*(asyncio.to_thread(backend_id) for _ in range(4)))
         return await _sessions_now()
 
     assert asyncio.run(main(True)) == before  # closed after every task
     assert settle_sessions(before) == before
-    # The control: the loop's stock executor keeps them open, whatever CONN_MAX_AGE says.
+    # The control: a stock executor keeps them open, whatever CONN_MAX_AGE says.
     during = asyncio.run(main(False))
     assert during is not None and before is not None and during > before
     gc.collect()

@@ -11,10 +11,12 @@ test database, MariaDB's global ``Aborted_clients``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -392,3 +394,117 @@ class HueyWorker(Worker):
         if was_running and self.stop(timeout, sig) is None:
             pytest.fail(f"{self.name} did not stop within {timeout}s:\n{self.log(6000)}")
         return self.log(tail=None)[-6000:]
+
+
+class DbTasksWorker(Worker):
+    """A real ``django-tasks-db`` ``db_worker`` on a queue of its own, and a client to run tasks.
+
+    The test process enqueues through the same database backend (``tests.queues.tasks_settings``
+    applied with ``override_settings`` by the test module); ``plain``: without forksafe's
+    Django app (then nothing of forksafe runs in the worker).
+    """
+
+    name = "db_worker"
+
+    def __init__(
+        self, driver: str, *, conn_max_age: str | None = "None", plain: bool = False
+    ) -> None:
+        self.queue = unique_name("tasks")
+        env = worker_env(
+            driver,
+            **mode_env(plain=plain, conn_max_age=conn_max_age),
+            DJANGO_SETTINGS_MODULE="tests.queues.tasks_settings",
+            PYTHONUNBUFFERED="1",
+        )
+        args = python_module(
+            "django",
+            "db_worker",
+            "--queue-name",
+            self.queue,
+            "--interval",
+            "0.05",
+            "--no-startup-delay",
+            "--no-reload",
+        )
+        super().__init__(args, env)
+        self.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while "Starting worker" not in self.log():
+            self.check_running()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start within {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def send(self, name: str, *args: Any) -> Any:
+        """Enqueue task ``name`` of ``tests.queues.django_tasks_app``; its ``TaskResult``."""
+        from tests.queues import django_tasks_app
+
+        task = getattr(django_tasks_app, name)
+        return task.using(queue_name=self.queue).enqueue(*args)
+
+    def wait(self, result: Any, timeout: float = 60, *, status: str = "finished") -> Any:
+        """Wait until ``result`` is running (``status="running"``) or finished; the result."""
+        from django.tasks import TaskResultStatus
+
+        wanted = (
+            {TaskResultStatus.RUNNING}
+            if status == "running"
+            else {TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED}
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            result.refresh()
+            if result.status in wanted:
+                return result
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"task {result.task.module_path} still {result.status} after {timeout}s:\n"
+                    f"{self.shutdown()[-6000:]}"
+                )
+            time.sleep(0.05)
+
+    def call(self, name: str, *args: Any, timeout: float = 60) -> Any:
+        """Run task ``name``; its return value (lists become tuples)."""
+        result = self.wait(self.send(name, *args), timeout)
+        assert result.status == "SUCCESSFUL", f"{name} failed: {result.errors}\n{self.log(4000)}"
+        value = result.return_value
+        return tuple(value) if isinstance(value, list) else value
+
+    def fail(self, name: str, *args: Any, timeout: float = 60) -> str:
+        """Run task ``name``, which must fail; the name of its exception's class."""
+        result = self.wait(self.send(name, *args), timeout)
+        assert result.status == "FAILED", f"{name} did not fail: {result.return_value!r}"
+        return str(result.errors[-1].exception_class_path.rpartition(".")[2])
+
+
+@contextlib.contextmanager
+def django_tasks_db_backend() -> Iterator[None]:
+    """In this process: django-tasks-db's app, its backend as ``default``, its table (dropped
+    at the end) -- what enqueues to a ``db_worker`` of ``tests.queues.tasks_settings``."""
+    from django.conf import settings
+    from django.db import connection
+    from django.test import override_settings
+
+    from tests.queues import tasks_backend
+
+    overrides = override_settings(
+        INSTALLED_APPS=[*settings.INSTALLED_APPS, tasks_backend.APP], TASKS=tasks_backend.TASKS
+    )
+    overrides.enable()
+    try:
+        from django_tasks_db.models import DBTaskResult
+
+        with connection.schema_editor() as editor:
+            if DBTaskResult._meta.db_table in connection.introspection.table_names():
+                editor.delete_model(DBTaskResult)
+            editor.create_model(DBTaskResult)
+        try:
+            yield
+        finally:
+            with connection.schema_editor() as editor:
+                editor.delete_model(DBTaskResult)
+    finally:
+        connection.close()
+        overrides.disable()

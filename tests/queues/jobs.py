@@ -33,6 +33,27 @@ def slow_query(seconds: int) -> None:
             cursor.execute("SELECT SLEEP(%s)", [seconds])
 
 
+class TaskTimeout(Exception):
+    """A task's own time limit, raised by a signal handler (here in the middle of a query)."""
+
+
+def _timeout(signum: int, frame: object) -> None:
+    raise TaskTimeout("the task's time limit passed")
+
+
+def interrupted_query(seconds: int) -> None:
+    """A query interrupted after 1 s by ``SIGALRM`` (workers that run jobs in the main thread)."""
+    import signal
+
+    previous = signal.signal(signal.SIGALRM, _timeout)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        slow_query(seconds)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def database_error() -> None:
     """A query the server refuses."""
     _django()
