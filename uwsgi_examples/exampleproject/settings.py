@@ -60,5 +60,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"forksafe": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "forksafe": {"handlers": ["console"], "level": "INFO"},
+        # A view that fails says why in the server's log (DEBUG is off).
+        "django.request": {"handlers": ["console"], "level": "ERROR"},
+    },
 }
