@@ -247,10 +247,11 @@ def _asgi_rows(run: Any, database: str) -> list[list[str]]:
 GEVENT_REQUESTS = 300
 GEVENT_CLIENTS = 20
 _GEVENT_EXPLANATION = """\
-gunicorn -k gevent, 1 worker, the example project (no preload_app), CONN_MAX_AGE=60: {requests} requests from
-{clients} keep-alive clients (a greenlet each), then SIGTERM. 'sessions': server sessions the
-greenlets used; 'left': of those, still open once the clients hung up; 'abandoned': sessions
-the server saw end without a goodbye, from start to after the stop.
+gunicorn -k gevent, 1 worker, the example project (no preload_app), CONN_MAX_AGE=60:
+{requests} requests from {clients} keep-alive clients (a greenlet each), then SIGTERM.
+'sessions': server sessions the greenlets used; 'left': of those, still open once the clients
+hung up; 'abandoned': sessions the server saw end without a goodbye, from start to after the
+stop.
 """
 
 
