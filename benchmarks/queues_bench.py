@@ -24,6 +24,11 @@ Huey (``huey_consumer -k thread`` or ``-k process``, ``--concurrency`` workers, 
 nothing closes a connection: the upper bound), both ``CONN_MAX_AGE=None``. The sessions each
 consumer abandoned at its ``SIGTERM`` stop are counted by the server.
 
+Dramatiq (``dramatiq``, 1 process x ``--concurrency`` threads, Redis): ``forksafe``
+(``forksafe.dramatiq.ConnectionsMiddleware``) vs ``DbConnectionsMiddleware`` (django_dramatiq's
+``close_old_connections()`` around each message, as users run it), both ``CONN_MAX_AGE=None``.
+The sessions each worker abandoned at its ``SIGTERM`` stop are counted by the server.
+
 django-tasks-db's ``db_worker`` (Django 6.x, ``--only db_worker``; run by default there):
 with the forksafe app (``forksafe.tasks``: the rules around each task) vs plain.
 
@@ -189,6 +194,50 @@ def bench_huey(driver: str, n: int, repeat: int, concurrency: int, kind: str) ->
         )
 
 
+DRAMATIQ_MODES = {"forksafe": "forksafe", "DbConnectionsMiddleware": "django"}
+
+
+def _dramatiq_round(worker: Any, n: int) -> float:
+    start = time.perf_counter()
+    messages = [worker.send("query") for _ in range(n)]
+    for message in messages:
+        worker.result(message, timeout=120)
+    return n / (time.perf_counter() - start)
+
+
+def bench_dramatiq(driver: str, n: int, repeat: int, concurrency: int) -> None:
+    from tests.harness.queues import DramatiqWorker
+    from tests.harness.sessions import abandoned_after, settled_abandoned
+
+    workers = {
+        name: DramatiqWorker(driver, mode=mode, threads=concurrency)
+        for name, mode in DRAMATIQ_MODES.items()
+    }
+    rates: dict[str, list[float]] = {name: [] for name in workers}
+    abandoned = dict.fromkeys(workers, 0)
+    try:
+        for worker in workers.values():
+            _dramatiq_round(worker, concurrency * 4)  # every worker thread is up
+        for _ in range(repeat):
+            for name, worker in workers.items():
+                rates[name].append(_dramatiq_round(worker, n))
+        for name, worker in workers.items():
+            before = settled_abandoned()
+            worker.shutdown()
+            abandoned[name] = abandoned_after(before, timeout=3) - before
+    finally:
+        for worker in workers.values():
+            worker.shutdown()
+    ours = statistics.median(rates["forksafe"])
+    print(f"Dramatiq 1 x {concurrency} threads, {n} messages x {repeat} rounds (median msgs/s)")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(
+            f"  {name:<24}{median:>10.0f}   forksafe/this {ours / median:>6.2f}x"
+            f"   abandoned at SIGTERM {abandoned[name]}"
+        )
+
+
 def _db_worker_round(worker: Any, n: int) -> float:
     from django.tasks import TaskResultStatus
     from django_tasks_db.models import DBTaskResult
@@ -242,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--driver", default="psycopg", choices=["psycopg", "mysqlclient"])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--tasks", type=int, default=300, help="Celery and Huey tasks per round")
+    parser.add_argument("--tasks", type=int, default=300, help="tasks (messages) per round: Celery, Huey, Dramatiq")
     parser.add_argument("--jobs", type=int, default=30, help="RQ jobs per round")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--db-tasks", type=int, default=200, help="db_worker tasks per round")
-    parser.add_argument("--only", choices=["celery", "rq", "huey", "db_worker"])
+    parser.add_argument("--only", choices=["celery", "rq", "huey", "dramatiq", "db_worker"])
     parser.add_argument("--huey-kind", default="process", choices=["thread", "process"])
     args = parser.parse_args(argv)
 
@@ -260,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_rq(args.driver, args.jobs, args.repeat)
     if args.only in (None, "huey"):
         bench_huey(args.driver, args.tasks, args.repeat, args.concurrency, args.huey_kind)
+    if args.only in (None, "dramatiq"):
+        bench_dramatiq(args.driver, args.tasks, args.repeat, args.concurrency)
     if args.only == "db_worker" or (args.only is None and django.VERSION >= (6, 0)):
         bench_db_worker(args.driver, args.db_tasks, args.repeat)
     return 0
