@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--driver", default="psycopg", choices=["psycopg", "mysqlclient"])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--tasks", type=int, default=300, help="tasks (messages) per round: Celery, Huey, Dramatiq")
+    parser.add_argument(
+        "--tasks", type=int, default=300, help="tasks (messages) per round: Celery, Huey, Dramatiq"
+    )
     parser.add_argument("--jobs", type=int, default=30, help="RQ jobs per round")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--db-tasks", type=int, default=200, help="db_worker tasks per round")
